@@ -1,0 +1,3 @@
+from cmim.cli import main
+
+raise SystemExit(main())

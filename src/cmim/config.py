@@ -1,0 +1,349 @@
+"""The study configuration: load, validate against the one schema, fill defaults, resolve runs.
+
+Why one module: the Snakefile and `python -m cmim` must agree on what a config means, and a typo
+must fail before any job starts with the key path and a suggestion. This module imports no torch,
+so a bad key fails in well under a second.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+# Which methods train, and which are evaluation baselines without training.
+TRAINED_METHODS = ("mae", "can", "cmae", "simclr")
+BASELINE_METHODS = ("random_init", "raw_pixels")
+METHOD_OPTION_KEYS = TRAINED_METHODS  # a run may carry an options block named after its method only
+
+# The probe feature each method is evaluated with when probe_feature is "auto" (METHODS.md:
+# MAE and CMAE probe the cls token, CAN and SimCLR their contrastive feature, the patch mean).
+AUTO_PROBE_FEATURE = {"mae": "cls", "cmae": "cls", "can": "mean", "simclr": "mean",
+                      "random_init": "cls", "raw_pixels": "pixels"}
+
+# Timm's ViT sizes: width, depth, heads (timm vision_transformer.py vit_{tiny..huge}_patch16_224).
+ARCHS = {
+    "vit_tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "vit_small": dict(embed_dim=384, depth=12, num_heads=6),
+    "vit_base": dict(embed_dim=768, depth=12, num_heads=12),
+    "vit_large": dict(embed_dim=1024, depth=24, num_heads=16),
+    "vit_huge": dict(embed_dim=1280, depth=32, num_heads=16),
+}
+
+
+class ConfigError(ValueError):
+    """A config problem, with the key path and what to do about it."""
+
+
+def schema() -> dict:
+    """The JSON schema (draft 2020-12) shared with the Snakefile: workflow/schemas/config.schema.yaml."""
+    text = resources.files("cmim").joinpath("schemas/config.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Mappings merge key by key (override wins); everything else is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(item: str) -> dict:
+    """`a.b.c=value` -> {"a": {"b": {"c": value}}}; the value is parsed as YAML (numbers, lists, null)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.path=value")
+    key, raw = item.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(paths: list[str | Path], overrides: list[str] = ()) -> dict:
+    """Merge config files left to right, then `key.path=value` overrides, then validate."""
+    raw: dict = {}
+    for p in paths:
+        raw = deep_merge(raw, load_yaml(p))
+    for item in overrides:
+        raw = deep_merge(raw, parse_override(item))
+    source = ", ".join(str(p) for p in paths) or "config"
+    return validate(raw, source=source)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _resolve(node: dict, root: dict) -> dict:
+    """Follow a local $ref, keeping sibling keywords (draft 2020-12 allows them)."""
+    while isinstance(node, dict) and "$ref" in node:
+        ref = node["$ref"]
+        if not ref.startswith("#/"):
+            raise ConfigError(f"schema: only local $ref supported, got {ref}")
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target[part]
+        siblings = {k: v for k, v in node.items() if k != "$ref"}
+        node = {**target, **siblings}
+    return node
+
+
+def fill_defaults(instance: Any, node: dict, root: dict) -> Any:
+    """Insert every missing key that has a `default` in the schema, recursively."""
+    node = _resolve(node, root)
+    if not isinstance(instance, dict) or node.get("type") not in (None, "object"):
+        return instance
+    for key, sub in node.get("properties", {}).items():
+        sub = _resolve(sub, root)
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if key in instance:
+            instance[key] = fill_defaults(instance[key], sub, root)
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict):
+        known = set(node.get("properties", {}))
+        for key in instance:
+            if key not in known:
+                instance[key] = fill_defaults(instance[key], extra, root)
+    return instance
+
+
+def _key_path(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _allowed_keys(error: jsonschema.ValidationError, root: dict) -> list[str]:
+    node = _resolve(error.schema, root) if isinstance(error.schema, dict) else {}
+    return sorted(node.get("properties", {}))
+
+
+def _explain(error: jsonschema.ValidationError, root: dict) -> list[str]:
+    """One readable line per problem, naming the key path and what would be valid."""
+    where = _key_path(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = _allowed_keys(error, root)
+        lines = []
+        for key in sorted(set(error.instance) - set(allowed)):
+            hint = difflib.get_close_matches(str(key), allowed, n=1)
+            did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
+            full = f"{where}.{key}" if error.absolute_path else str(key)
+            lines.append(f"{full}: unknown key{did_you_mean}; allowed here: {', '.join(allowed)}")
+        return lines
+    if error.validator == "enum":
+        options = [str(o) for o in error.validator_value]
+        hint = difflib.get_close_matches(str(error.instance), options, n=1)
+        did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
+        return [f"{where}: {error.instance!r} is not allowed{did_you_mean}; choose one of {options}"]
+    if error.validator == "type":
+        return [f"{where}: expected {error.validator_value}, got {type(error.instance).__name__} "
+                f"{error.instance!r}"]
+    return [f"{where}: {error.message}"]
+
+
+def validate(raw: dict, source: str = "config") -> dict:
+    """Schema check (all problems at once), then defaults, then cross-key checks. Returns a new dict."""
+    root = schema()
+    validator = jsonschema.Draft202012Validator(root)
+    errors = sorted(validator.iter_errors(raw), key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        lines = [line for e in errors for line in _explain(e, root)]
+        raise ConfigError(f"{source}: {len(lines)} problem(s):\n  - " + "\n  - ".join(lines))
+    # Runs stay as written: their defaults are filled only after run_defaults are merged under
+    # them (run_options), or a filled default would hide the run_defaults value.
+    config = copy.deepcopy(raw)
+    runs, run_defaults = config.pop("runs"), config.pop("run_defaults", {})
+    config = fill_defaults(config, root, root)
+    config["runs"], config["run_defaults"] = runs, run_defaults
+    problems = _check_semantics(config)
+    if problems:
+        raise ConfigError(f"{source}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
+    return config
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def run_options(config: dict, run_id: str) -> dict:
+    """A run's keys: schema defaults < run_defaults < the run's own keys (not yet checked)."""
+    root = schema()
+    run_schema = root["$defs"]["run_partial"]
+    merged = deep_merge(config.get("run_defaults", {}), config["runs"][run_id])
+    merged = fill_defaults(merged, run_schema, root)
+    if merged.get("seed") is None:
+        merged["seed"] = config["seed"]
+    return merged
+
+
+def encoder_spec(run: dict) -> dict:
+    """The encoder's shape: the arch's width/depth/heads unless the run overrides them."""
+    spec = dict(ARCHS[run["arch"]])
+    for key in ("embed_dim", "depth", "num_heads"):
+        if run.get(key) is not None:
+            spec[key] = run[key]
+    image_size = run["image_size"]
+    return dict(spec, patch_size=run["patch_size"], img_size=image_size)
+
+
+def resolve_run(config: dict, run_id: str) -> dict:
+    """Everything one run needs, self-contained: written next to its outputs and read by its jobs."""
+    if run_id not in config["runs"]:
+        raise ConfigError(f"unknown run '{run_id}'; runs in this config: {sorted(config['runs'])}")
+    run = run_options(config, run_id)
+    dataset = config["datasets"][run["dataset"]]
+    run["image_size"] = dataset["image_size"]
+    resolved = {
+        "run": run_id,
+        **{k: v for k, v in run.items() if k not in METHOD_OPTION_KEYS},
+        "method_options": run.get(run["method"], {}) if run["method"] in METHOD_OPTION_KEYS else {},
+        "encoder": encoder_spec(run),
+        "probe_feature": probe_feature(run),
+        "data": {"dataset": run["dataset"], "mean": dataset["mean"], "std": dataset["std"],
+                 "image_size": dataset["image_size"]},
+    }
+    return resolved
+
+
+def probe_feature(run: dict) -> str:
+    return AUTO_PROBE_FEATURE[run["method"]] if run["probe_feature"] == "auto" else run["probe_feature"]
+
+
+def config_hash(obj: Any) -> str:
+    """Stable short hash of a JSON-able object (for provenance and stale-checkpoint detection)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def evaluated_runs(config: dict, task: str) -> list[str]:
+    """Run ids an evaluation task covers, in config order."""
+    spec = config["evaluations"].get(task)
+    if spec is None:
+        return []
+    return list(config["runs"]) if spec["runs"] == "all" else list(spec["runs"])
+
+
+# ----------------------------------------------------------------------------- cross-key checks
+
+
+def _check_semantics(config: dict) -> list[str]:
+    problems: list[str] = []
+    datasets = config["datasets"]
+    for name, ds in datasets.items():
+        where = f"datasets.{name}"
+        if "demo" in ds and ds["demo"] and not ds["format"].startswith("demo-"):
+            problems.append(f"{where}.demo: only demo-ade20k / demo-coco datasets take demo options "
+                            f"(format is {ds['format']}); remove the key")
+    for run_id in config["runs"]:
+        problems += _check_run(config, run_id)
+    for task, spec in config["evaluations"].items():
+        if spec.get("runs") != "all":
+            for run_id in spec.get("runs", []):
+                if run_id not in config["runs"]:
+                    problems.append(f"evaluations.{task}.runs: unknown run '{run_id}'; runs: "
+                                    f"{sorted(config['runs'])}")
+        if spec.get("dataset") is not None and spec["dataset"] not in datasets:
+            problems.append(f"evaluations.{task}.dataset: unknown dataset '{spec['dataset']}'")
+    report_runs = config["report"]["loss_curve_runs"]
+    if report_runs != "all":
+        problems += [f"report.loss_curve_runs: unknown run '{r}'" for r in report_runs
+                     if r not in config["runs"]]
+    launch = config["launch"]
+    if launch["launcher"] != "slurm" and launch["nodes"] > 1:
+        problems.append(f"launch.nodes: {launch['nodes']} nodes need launcher: slurm "
+                        f"(got {launch['launcher']})")
+    return problems
+
+
+def _check_run(config: dict, run_id: str) -> list[str]:
+    where = f"runs.{run_id}"
+    raw = deep_merge(config.get("run_defaults", {}), config["runs"][run_id])
+    problems = []
+    for key in ("method", "dataset"):
+        if key not in raw:
+            problems.append(f"{where}: missing required key '{key}' (set it in the run or in run_defaults)")
+    if problems:
+        return problems
+    method = raw["method"]
+    if raw["dataset"] not in config["datasets"]:
+        hint = difflib.get_close_matches(raw["dataset"], list(config["datasets"]), n=1)
+        problems.append(f"{where}.dataset: unknown dataset '{raw['dataset']}'"
+                        + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                        + f"; datasets: {sorted(config['datasets'])}")
+        return problems
+    own = config["runs"][run_id]
+    for other in METHOD_OPTION_KEYS:
+        if other != method and other in own:
+            problems.append(f"{where}.{other}: options for method '{other}' in a '{method}' run; "
+                            f"remove them or set method: {other}")
+    run = run_options(config, run_id)
+    dataset = config["datasets"][run["dataset"]]
+    image_size, patch = dataset["image_size"], run["patch_size"]
+    if image_size % patch:
+        problems.append(f"{where}.patch_size: {patch} does not divide the image size {image_size} "
+                        f"(datasets.{run['dataset']}.image_size)")
+        return problems
+    spec = encoder_spec(run)
+    if spec["embed_dim"] % spec["num_heads"]:
+        problems.append(f"{where}: embed_dim {spec['embed_dim']} is not divisible by num_heads "
+                        f"{spec['num_heads']}")
+    if method in BASELINE_METHODS:
+        if own.get("epochs", 0) not in (0, None) and "epochs" in own:
+            problems.append(f"{where}.epochs: a {method} baseline is not trained; set epochs: 0 or drop it")
+        return problems
+    if run["epochs"] < 1:
+        problems.append(f"{where}.epochs: a {method} run needs epochs >= 1")
+    if run["warmup_epochs"] >= max(run["epochs"], 1):
+        problems.append(f"{where}.warmup_epochs: {run['warmup_epochs']} must be below epochs "
+                        f"({run['epochs']}); scale warmup down for short runs")
+    late = [e for e in run["checkpoint_epochs"] if e > run["epochs"]]
+    if late:
+        problems.append(f"{where}.checkpoint_epochs: {late} are beyond epochs ({run['epochs']})")
+    grid = image_size // patch
+    opts = run.get(method, {})
+    ratio = opts.get("mask_ratio")
+    if ratio is not None and int(grid * grid * (1 - ratio)) < 1:
+        problems.append(f"{where}.{method}.mask_ratio: {ratio} leaves no visible patch on a "
+                        f"{grid}x{grid} grid")
+    if method == "cmae" and opts["mask_type"] == "block" and grid % opts["block_size"]:
+        problems.append(f"{where}.cmae.block_size: {opts['block_size']} does not divide the "
+                        f"{grid}x{grid} patch grid; use mask_type: random or another block_size")
+    if method == "cmae" and opts["momentum_end"] < opts["momentum"]:
+        problems.append(f"{where}.cmae.momentum_end: must be >= momentum ({opts['momentum']})")
+    if method == "can" and not opts["noise"] and (opts["denoise_loss"] or opts["sigma_embed"] != "off"):
+        problems.append(f"{where}.can: noise is off, so denoise_loss must be false and sigma_embed "
+                        f"'off' (nothing to denoise or embed)")
+    if run["batch_size"] % run["accum_steps"]:
+        problems.append(f"{where}.batch_size: {run['batch_size']} is not divisible by accum_steps "
+                        f"{run['accum_steps']}")
+    return problems
