@@ -186,7 +186,7 @@ def validate(raw: dict, source: str = "config") -> dict:
     runs, run_defaults = config.pop("runs"), config.pop("run_defaults", {})
     config = fill_defaults(config, root, root)
     config["runs"], config["run_defaults"] = runs, run_defaults
-    problems = _check_semantics(config)
+    problems = _check_semantics(config, raw)
     if problems:
         raise ConfigError(f"{source}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
     return config
@@ -206,13 +206,12 @@ def run_options(config: dict, run_id: str) -> dict:
     return merged
 
 
-def encoder_spec(run: dict) -> dict:
+def encoder_spec(run: dict, image_size: int) -> dict:
     """The encoder's shape: the arch's width/depth/heads unless the run overrides them."""
     spec = dict(ARCHS[run["arch"]])
     for key in ("embed_dim", "depth", "num_heads"):
         if run.get(key) is not None:
             spec[key] = run[key]
-    image_size = run["image_size"]
     return dict(spec, patch_size=run["patch_size"], img_size=image_size)
 
 
@@ -222,15 +221,16 @@ def resolve_run(config: dict, run_id: str) -> dict:
         raise ConfigError(f"unknown run '{run_id}'; runs in this config: {sorted(config['runs'])}")
     run = run_options(config, run_id)
     dataset = config["datasets"][run["dataset"]]
-    run["image_size"] = dataset["image_size"]
+    if run["method"] in BASELINE_METHODS:
+        run["epochs"] = 0  # baselines are not trained, whatever run_defaults say
     resolved = {
         "run": run_id,
-        **{k: v for k, v in run.items() if k not in METHOD_OPTION_KEYS},
+        **{k: v for k, v in run.items() if k not in (*METHOD_OPTION_KEYS, "embed_dim", "depth", "num_heads")},
         "method_options": run.get(run["method"], {}) if run["method"] in METHOD_OPTION_KEYS else {},
-        "encoder": encoder_spec(run),
+        "encoder": encoder_spec(run, dataset["image_size"]),
         "probe_feature": probe_feature(run),
         "data": {"dataset": run["dataset"], "mean": dataset["mean"], "std": dataset["std"],
-                 "image_size": dataset["image_size"]},
+                 "image_size": dataset["image_size"], "eval_crop_pct": dataset["eval_crop_pct"]},
     }
     return resolved
 
@@ -256,12 +256,12 @@ def evaluated_runs(config: dict, task: str) -> list[str]:
 # ----------------------------------------------------------------------------- cross-key checks
 
 
-def _check_semantics(config: dict) -> list[str]:
+def _check_semantics(config: dict, raw: dict) -> list[str]:
     problems: list[str] = []
     datasets = config["datasets"]
     for name, ds in datasets.items():
         where = f"datasets.{name}"
-        if "demo" in ds and ds["demo"] and not ds["format"].startswith("demo-"):
+        if "demo" in raw["datasets"][name] and not ds["format"].startswith("demo-"):
             problems.append(f"{where}.demo: only demo-ade20k / demo-coco datasets take demo options "
                             f"(format is {ds['format']}); remove the key")
     for run_id in config["runs"]:
@@ -313,7 +313,7 @@ def _check_run(config: dict, run_id: str) -> list[str]:
         problems.append(f"{where}.patch_size: {patch} does not divide the image size {image_size} "
                         f"(datasets.{run['dataset']}.image_size)")
         return problems
-    spec = encoder_spec(run)
+    spec = encoder_spec(run, image_size)
     if spec["embed_dim"] % spec["num_heads"]:
         problems.append(f"{where}: embed_dim {spec['embed_dim']} is not divisible by num_heads "
                         f"{spec['num_heads']}")

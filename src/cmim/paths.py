@@ -6,6 +6,7 @@ is spelled once. All paths are relative to the working directory (Snakemake's --
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 RESULTS = Path("results")
@@ -30,40 +31,49 @@ def manifest(dataset: str, split: str) -> Path:
     return shard_dir(dataset, split) / "manifest.json"
 
 
-def pretrain_dir(run: str) -> Path:
-    return RESULTS / "pretrain" / run
+@dataclass(frozen=True)
+class RunFiles:
+    """The files of one pretraining run under its folder (results/pretrain/<run>/)."""
+    root: Path
+
+    @property
+    def config(self) -> Path:          # the fully resolved run config: an input of everything downstream
+        return self.root / "config.yaml"
+
+    @property
+    def checkpoint(self) -> Path:      # final encoder + its shape, written last
+        return self.root / "checkpoint.pt"
+
+    @property
+    def summary(self) -> Path:         # wall time, images seen, img/s, GPU-hours, peak memory, MFU
+        return self.root / "summary.json"
+
+    @property
+    def metrics(self) -> Path:         # one JSON row per logged step (copied from resume/ at the end)
+        return self.root / "metrics.jsonl"
+
+    @property
+    def resume(self) -> Path:          # rolling training states; not a rule output, survives reruns
+        return self.root / "resume"
+
+    @property
+    def resume_metrics(self) -> Path:  # metrics.jsonl while training (truncated on resume)
+        return self.resume / "metrics.jsonl"
+
+    @property
+    def epochs(self) -> Path:
+        return self.root / "epochs"
+
+    def epoch_checkpoint(self, epoch: int) -> Path:
+        return self.epochs / f"ckpt-{epoch}.pt"
+
+    @property
+    def submitit(self) -> Path:        # submitit job folder: pickles and per-rank logs
+        return self.root / "submitit"
 
 
-def run_config(run: str) -> Path:
-    """The run's fully resolved config: a declared input of everything downstream of the run."""
-    return pretrain_dir(run) / "config.yaml"
-
-
-def final_checkpoint(run: str) -> Path:
-    """Encoder weights + encoder shape at the end of training (written last, atomically)."""
-    return pretrain_dir(run) / "checkpoint.pt"
-
-
-def resume_dir(run: str) -> Path:
-    """Rolling training-state checkpoints (model, optimiser, schedule, RNG, data position)."""
-    return pretrain_dir(run) / "resume"
-
-
-def epoch_checkpoint(run: str, epoch: int) -> Path:
-    return pretrain_dir(run) / "epochs" / f"ckpt-{epoch}.pt"
-
-
-def metrics(run: str) -> Path:
-    return pretrain_dir(run) / "metrics.jsonl"
-
-
-def summary(run: str) -> Path:
-    return pretrain_dir(run) / "summary.json"
-
-
-def launcher_dir(run: str) -> Path:
-    """submitit's job folder (pickles, per-rank logs); must be on a shared filesystem on SLURM."""
-    return pretrain_dir(run) / "submitit"
+def run_files(run: str) -> RunFiles:
+    return RunFiles(RESULTS / "pretrain" / run)
 
 
 def eval_result(run: str, task: str) -> Path:

@@ -1,0 +1,39 @@
+# cmim: shard -> pretrain -> evaluate -> report (DESIGN.md section 2).
+# `snakemake` runs the demo study in config.yaml; pass --configfile for another study.
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
+
+from cmim import workflow as W
+from cmim.config import ConfigError
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+try:
+    CFG = W.load(config)
+except ConfigError as e:
+    raise WorkflowError(f"invalid config: {e}")
+
+
+wildcard_constraints:
+    dataset=W.alternation(CFG["datasets"]),
+    run=W.alternation(CFG["runs"]),
+    split="[A-Za-z0-9_-]+",
+
+
+localrules:
+    all,
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        W.all_targets(CFG),

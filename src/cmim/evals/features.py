@@ -1,0 +1,61 @@
+"""Frozen features for evaluation: cls token or patch mean of an encoder, or raw pixels.
+
+Why one module: every frozen evaluation (linear probe, kNN) must see the same feature for a run,
+the one recorded in the run's config (`probe_feature`), and the random-init and raw-pixel
+baselines go through the same code as trained encoders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from cmim.data.augment import normalize, to_unit
+
+
+class FeatureExtractor(torch.nn.Module):
+    """uint8 images [B, 3, H, W] -> features [B, D]; the encoder (if any) stays frozen in eval mode."""
+
+    def __init__(self, encoder: torch.nn.Module | None, feature: str, mean, std) -> None:
+        super().__init__()
+        if feature not in ("cls", "mean", "pixels"):
+            raise ValueError(f"probe feature must be cls, mean or pixels, got {feature!r}")
+        if (encoder is None) != (feature == "pixels"):
+            raise ValueError("raw pixels take no encoder, every other feature needs one")
+        self.encoder, self.feature = encoder, feature
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        if encoder is not None:
+            encoder.eval().requires_grad_(False)
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.embed_dim if self.encoder is not None else -1
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = normalize(to_unit(images), self.mean.flatten().tolist(), self.std.flatten().tolist())
+        if self.encoder is None:
+            return x.flatten(1)
+        tokens = self.encoder.forward_features(x)  # [B, 1 + L, D] after the final norm
+        prefix = getattr(self.encoder, "num_prefix_tokens", 1)
+        return tokens[:, 0] if self.feature == "cls" else tokens[:, prefix:].mean(dim=1)
+
+
+@torch.no_grad()
+def extract(extractor: FeatureExtractor, batches: Iterable[dict], device: torch.device,
+            log=print, what: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
+    """Features (float32, CPU) and labels of every batch."""
+    extractor = extractor.to(device)
+    feats, labels = [], []
+    for i, batch in enumerate(batches):
+        images = batch["images"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            feats.append(extractor(images).float().cpu())
+        labels.append(batch["labels"])
+        if (i + 1) % 50 == 0:
+            log(f"[{what}] {sum(len(f) for f in feats)} images")
+    if not feats:
+        raise ValueError(f"no images to extract {what} from")
+    return torch.cat(feats), torch.cat(labels)

@@ -1,0 +1,148 @@
+"""Linear probe of frozen features, MAE's protocol (He et al. 2021, main_linprobe.py).
+
+Head: BatchNorm1d(affine=False, eps 1e-6) + Linear, weight trunc-normal std 0.01; LARS (momentum
+0.9, trust 0.001) with trust-ratio adaptation on the weight only, no weight decay by default;
+lr = base_lr x batch / 256 with per-iteration warmup then cosine; the head trains in train mode
+(only the BatchNorm cares). Two ways to feed it:
+- augmented (the paper's): RandomResizedCrop + flip through the frozen encoder every epoch;
+- cached: features of the centre view computed once, then many cheap epochs (demo / quick looks).
+Top-1/top-5 on the val split's centre view.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from timm.optim import Lars
+
+from cmim.data.loader import eval_loader, train_loader
+from cmim.data.views import ViewSpec, eval_view
+from cmim.evals.features import FeatureExtractor, extract
+from cmim.train.schedule import absolute_lr, lr_at
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """Mirrors evaluations.linear_probe in the schema (runs/dataset are resolved by the caller)."""
+    features: str = "augmented"
+    epochs: int = 90
+    warmup_epochs: float = 10
+    batch_size: int = 16384
+    base_lr: float = 0.1
+    weight_decay: float = 0.0
+    optimizer: str = "lars"
+    max_train_samples: int | None = None
+    max_val_samples: int | None = None
+    num_workers: int = 8
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, spec: dict) -> ProbeOptions:
+        return cls(**{k: v for k, v in spec.items() if k not in ("runs", "dataset")})
+
+
+def make_head(dim: int, num_classes: int) -> torch.nn.Module:
+    linear = torch.nn.Linear(dim, num_classes)
+    torch.nn.init.trunc_normal_(linear.weight, std=0.01)
+    torch.nn.init.zeros_(linear.bias)
+    return torch.nn.Sequential(torch.nn.BatchNorm1d(dim, affine=False, eps=1e-6), linear)
+
+
+def make_optimizer(head: torch.nn.Module, opts: ProbeOptions, lr: float) -> torch.optim.Optimizer:
+    weights = [p for p in head.parameters() if p.ndim > 1]
+    others = [p for p in head.parameters() if p.ndim <= 1]
+    if opts.optimizer == "lars":
+        return Lars([{"params": weights, "weight_decay": opts.weight_decay, "always_adapt": True},
+                     {"params": others, "weight_decay": 0.0, "always_adapt": False}],
+                    lr=lr, momentum=0.9, trust_coeff=0.001)
+    return torch.optim.SGD([{"params": weights, "weight_decay": opts.weight_decay},
+                            {"params": others, "weight_decay": 0.0}], lr=lr, momentum=0.9)
+
+
+@torch.no_grad()
+def accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
+    top = logits.topk(max(ks), dim=1).indices
+    hits = top == labels[:, None]
+    return {f"top{k}": 100.0 * hits[:, :k].any(dim=1).float().mean().item() for k in ks if k <= logits.shape[1]}
+
+
+class LinearProbe:
+    """Train a probe on one run's frozen features and score it on the val split."""
+
+    def __init__(self, extractor: FeatureExtractor, num_classes: int, opts: ProbeOptions, device: torch.device,
+                 image_size: int, eval_crop_pct: float, log=print) -> None:
+        self.extractor, self.num_classes, self.opts, self.device, self.log = extractor, num_classes, opts, device, log
+        self.image_size, self.eval_crop_pct = image_size, eval_crop_pct
+
+    def _val_features(self, manifest) -> tuple[torch.Tensor, torch.Tensor]:
+        batches = eval_loader(manifest, eval_view(self.image_size, self.eval_crop_pct), batch_size=256,
+                              num_workers=self.opts.num_workers, max_samples=self.opts.max_val_samples)
+        return extract(self.extractor, batches, self.device, self.log, "val features")
+
+    def run(self, train_manifest, val_manifest, num_train: int) -> dict:
+        opts = self.opts
+        torch.manual_seed(opts.seed)
+        val_x, val_y = self._val_features(val_manifest)
+        if opts.features == "cached":
+            batches = eval_loader(train_manifest, eval_view(self.image_size, self.eval_crop_pct), batch_size=256,
+                                  num_workers=opts.num_workers, max_samples=opts.max_train_samples)
+            train_x, train_y = extract(self.extractor, batches, self.device, self.log, "train features")
+            num_train = len(train_y)
+        else:
+            num_train = min(num_train, opts.max_train_samples or num_train)
+        batch = min(opts.batch_size, num_train)
+        steps_per_epoch = max(1, num_train // batch)
+        total = steps_per_epoch * opts.epochs
+        peak = absolute_lr(opts.base_lr, batch)
+        dim = val_x.shape[1]
+        head = make_head(dim, self.num_classes).to(self.device)
+        optimizer = make_optimizer(head, opts, peak)
+        history = []
+        step = 0
+        for epoch in range(opts.epochs):
+            if opts.features == "cached":
+                order = torch.randperm(num_train)
+                chunks = ((train_x[idx], train_y[idx]) for idx in order[: steps_per_epoch * batch].split(batch))
+            else:
+                chunks = self._augmented_epoch(train_manifest, batch, steps_per_epoch, epoch)
+            head.train()
+            for x, y in chunks:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step, total, round(opts.warmup_epochs * steps_per_epoch), peak)
+                loss = torch.nn.functional.cross_entropy(head(x.to(self.device)), y.to(self.device))
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(f"linear probe loss became {loss.item()} at step {step}; lower base_lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+            if epoch == opts.epochs - 1 or (epoch + 1) % max(1, opts.epochs // 10) == 0:
+                scores = self._score(head, val_x, val_y)
+                history.append({"epoch": epoch + 1, "loss": loss.item(), **scores})
+                self.log(f"[linear probe] epoch {epoch + 1}/{opts.epochs} loss {loss.item():.4f} "
+                         f"val top1 {scores['top1']:.2f}")
+        final = self._score(head, val_x, val_y)
+        return {**final, "history": history, "train_samples": num_train, "val_samples": len(val_y),
+                "feature_dim": dim, "steps": total, "lr": peak, "batch_size": batch}
+
+    @torch.no_grad()
+    def _score(self, head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        head.eval()
+        logits = torch.cat([head(c.to(self.device)).float().cpu() for c in x.split(4096)])
+        head.train()
+        return accuracy(logits, y)
+
+    def _augmented_epoch(self, manifest, batch: int, steps: int, epoch: int):
+        """The paper's protocol: fresh RandomResizedCrop (0.08-1, bicubic) + flip views each epoch."""
+        from cmim.data.augment import random_hflip
+
+        view = ViewSpec(num_views=1, crop_size=self.image_size, scale=(0.08, 1.0))
+        loader = train_loader(manifest, view, batch_size=batch, num_batches=steps, epoch=epoch,
+                              seed=self.opts.seed, num_workers=self.opts.num_workers)
+        for b in loader:
+            images = random_hflip(b["images"][:, 0].float(), 0.5).to(torch.uint8)
+            with torch.no_grad():
+                feats = self.extractor(images.to(self.device)).float()
+            yield feats, b["labels"]

@@ -1,0 +1,170 @@
+"""What the Snakefile asks of the config: targets, inputs and params, as plain tested functions.
+
+Why not in .smk files: logic there is untestable and grows without bound (STYLE.md 7); the rules
+stay declarative and every path comes from cmim.paths.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from cmim import paths
+from cmim.config import BASELINE_METHODS, evaluated_runs, resolve_run, validate
+
+DEFAULT_SPLITS = {"imagefolder": {"train": "train", "val": "val"},
+                  "ade20k": {"train": "training", "val": "validation"},
+                  "demo-ade20k": {"train": "training", "val": "validation"},
+                  "coco": {"train": "train2017", "val": "val2017"},
+                  "demo-coco": {"train": "train2017", "val": "val2017"},
+                  "fashion-mnist": {"train": "train", "val": "t10k"}}
+READER_FORMAT = {"demo-ade20k": "ade20k", "demo-coco": "coco"}  # demo trees are read as the real thing
+
+
+def load(config: dict) -> dict:
+    """Validated config with defaults (raises cmim.config.ConfigError naming the offending key)."""
+    return validate(config, source="config")
+
+
+def _json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def alternation(names) -> str:
+    """A wildcard constraint matching exactly these names."""
+    return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) or "^$"
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def splits(cfg: dict, dataset: str) -> dict[str, str]:
+    ds = cfg["datasets"][dataset]
+    return ds["splits"] or DEFAULT_SPLITS[ds["format"]]
+
+
+def is_demo(cfg: dict, dataset: str) -> bool:
+    return cfg["datasets"][dataset]["format"].startswith("demo-")
+
+
+def source_root(cfg: dict, dataset: str) -> str:
+    """Where the shard rule reads: the generated tree for demo data, else the configured root."""
+    ds = cfg["datasets"][dataset]
+    if is_demo(cfg, dataset):
+        return str(paths.demo_root(dataset))
+    return ds["root"] or ""  # "" lets fashion-mnist search its default locations
+
+
+def shard_inputs(cfg: dict, dataset: str) -> list[str]:
+    """Generated demo trees are rule outputs; real source trees are not tracked (millions of files)."""
+    return [str(paths.demo_done(dataset))] if is_demo(cfg, dataset) else []
+
+
+def shard_params(cfg: dict, dataset: str, split: str) -> dict:
+    ds = cfg["datasets"][dataset]
+    if ds["format"] == "imagefolder" and not ds["root"]:
+        raise ValueError(f"datasets.{dataset}.root: an imagefolder dataset needs its root folder")
+    options = {k: ds[k] for k in ("max_samples", "shard_max_count", "shard_max_bytes", "max_bad_fraction",
+                                  "resize_short_side")}
+    options["seed"] = cfg["seed"]
+    return {"format": READER_FORMAT.get(ds["format"], ds["format"]), "root": source_root(cfg, dataset),
+            "source_split": splits(cfg, dataset)[split], "options": _json(options)}
+
+
+def demo_options(cfg: dict, dataset: str) -> str:
+    return _json(cfg["datasets"][dataset]["demo"])
+
+
+def all_manifests(cfg: dict) -> list[str]:
+    return [str(paths.manifest(d, s)) for d in cfg["datasets"] for s in splits(cfg, d)]
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def resolved_run(cfg: dict, run: str) -> dict:
+    return resolve_run(cfg, run)
+
+
+def resolved_run_text(cfg: dict, run: str) -> str:
+    """The run's config as stable text: a change reruns exactly the jobs downstream of this run."""
+    return _json(resolve_run(cfg, run))
+
+
+def train_manifest(cfg: dict, run: str) -> str:
+    return str(paths.manifest(resolve_run(cfg, run)["dataset"], "train"))
+
+
+def launch_json(cfg: dict) -> str:
+    return _json(cfg["launch"])
+
+
+def pretrain_threads(cfg: dict) -> int:
+    """Cores a training job occupies on this machine (all its local processes)."""
+    launch = cfg["launch"]
+    return launch["cpus_per_task"] * (launch["tasks_per_node"] or max(1, launch["gpus_per_node"]))
+
+
+def pretrain_resources(cfg: dict) -> dict:
+    """Resources for Snakemake's SLURM executor (profiles/slurm), from the launch block.
+
+    One task per job: the `local` launcher starts the per-GPU processes inside the allocation.
+    Unset keys are left out, so the profile's defaults apply (the executor would pass empty values).
+    """
+    launch = cfg["launch"]
+    res = {"runtime": launch["timeout_min"], "cpus_per_task": pretrain_threads(cfg)}
+    if launch["gpus_per_node"]:
+        res["gpu"] = launch["gpus_per_node"]
+    if launch["mem_gb"] is not None:
+        res["mem_mb"] = int(launch["mem_gb"] * 1024)
+    names = {"partition": "slurm_partition", "account": "slurm_account", "qos": "qos", "constraint": "constraint"}
+    res.update({names[k]: launch[k] for k in names if launch[k]})
+    return res
+
+
+def pretrain_is_local_rule(cfg: dict) -> bool:
+    """A submitit SLURM launch only submits and waits: it runs on the login node, never inside a job."""
+    return cfg["launch"]["launcher"] == "slurm"
+
+
+# ----------------------------------------------------------------------------- evaluations
+
+
+def probe_dataset(cfg: dict, run: str) -> str:
+    spec = cfg["evaluations"]["linear_probe"]
+    return spec["dataset"] or resolve_run(cfg, run)["dataset"]
+
+
+def probe_inputs(cfg: dict, run: str) -> dict[str, str]:
+    files = paths.run_files(run)
+    ds = probe_dataset(cfg, run)
+    return {"run_config": str(files.config), "checkpoint": str(files.checkpoint),
+            "train": str(paths.manifest(ds, "train")), "val": str(paths.manifest(ds, "val"))}
+
+
+def probe_params(cfg: dict, run: str) -> dict[str, str]:
+    spec = dict(cfg["evaluations"]["linear_probe"])
+    ds_name = probe_dataset(cfg, run)
+    ds = cfg["datasets"][ds_name]
+    data = {"dataset": ds_name, "mean": ds["mean"], "std": ds["std"], "image_size": ds["image_size"],
+            "eval_crop_pct": ds["eval_crop_pct"]}
+    return {"options": _json(spec), "data": _json(data)}
+
+
+def probe_results(cfg: dict) -> list[str]:
+    return [str(paths.eval_result(r, "linear_probe")) for r in evaluated_runs(cfg, "linear_probe")]
+
+
+def loss_curve_inputs(cfg: dict) -> list[str]:
+    runs = cfg["report"]["loss_curve_runs"]
+    runs = list(cfg["runs"]) if runs == "all" else runs
+    return [str(paths.run_files(r).metrics) for r in runs]
+
+
+def all_targets(cfg: dict) -> list[str]:
+    targets = all_manifests(cfg)
+    targets += [str(paths.run_files(r).checkpoint) for r in cfg["runs"]]
+    if "linear_probe" in cfg["evaluations"]:
+        targets += [str(paths.table("linear_probe", "md")), str(paths.table("linear_probe", "csv"))]
+    targets.append(str(paths.figure("pretrain_loss")))
+    return targets

@@ -1,0 +1,122 @@
+"""The config contract: one schema, errors that name the key, defaults, run_defaults, resolution."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cmim import config as C
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def demo() -> dict:
+    return C.load_yaml(ROOT / "config.yaml")
+
+
+def errors_of(raw: dict) -> str:
+    with pytest.raises(C.ConfigError) as e:
+        C.validate(raw)
+    return str(e.value)
+
+
+def test_demo_config_is_valid_and_defaults_are_filled():
+    cfg = C.validate(demo())
+    assert cfg["launch"]["launcher"] == "inprocess"
+    assert cfg["datasets"]["fmnist"]["shard_max_bytes"] == 1_000_000_000  # a schema default
+    assert cfg["evaluations"]["linear_probe"]["optimizer"] == "lars"
+
+
+def test_unknown_key_names_the_path_and_suggests():
+    raw = demo()
+    raw["runs"]["mae"]["epocs"] = 3
+    msg = errors_of(raw)
+    assert "runs.mae.epocs" in msg and "did you mean 'epochs'" in msg
+
+
+def test_wrong_type_and_enum_are_reported_together():
+    raw = demo()
+    raw["runs"]["mae"]["batch_size"] = "big"
+    raw["launch"]["launcher"] = "slrum"
+    msg = errors_of(raw)
+    assert "runs.mae.batch_size: expected integer" in msg
+    assert "launch.launcher" in msg and "did you mean 'slurm'" in msg
+
+
+def test_options_of_another_method_are_rejected():
+    raw = demo()
+    raw["runs"]["mae"]["can"] = {"noise": False}
+    assert "runs.mae.can: options for method 'can' in a 'mae' run" in errors_of(raw)
+
+
+def test_cross_key_checks():
+    raw = demo()
+    raw["runs"]["mae"]["warmup_epochs"] = 50
+    raw["runs"]["mae"]["patch_size"] = 5
+    raw["runs"]["random_init"]["dataset"] = "fmnst"
+    msg = errors_of(raw)
+    assert "runs.mae.patch_size: 5 does not divide the image size 32" in msg
+    assert "runs.random_init.dataset: unknown dataset 'fmnst' (did you mean 'fmnist'?)" in msg
+    raw = demo()
+    raw["runs"]["mae"]["warmup_epochs"] = 50
+    assert "runs.mae.warmup_epochs" in errors_of(raw)
+
+
+def test_can_noise_off_must_not_keep_denoising():
+    raw = demo()
+    raw["runs"]["can"] = {"method": "can", "can": {"noise": False}}
+    assert "runs.can.can: noise is off" in errors_of(raw)
+    raw["runs"]["can"]["can"].update(denoise_loss=False, sigma_embed="off")
+    C.validate(raw)
+
+
+def test_run_defaults_sit_between_schema_defaults_and_the_run():
+    raw = demo()
+    raw["run_defaults"]["base_lr"] = 1e-3
+    raw["runs"]["mae"].update(epochs=2, warmup_epochs=1, checkpoint_epochs=[2])
+    cfg = C.validate(raw)
+    run = C.resolve_run(cfg, "mae")
+    assert run["base_lr"] == 1e-3          # from run_defaults
+    assert run["epochs"] == 2              # the run's own
+    assert run["weight_decay"] == 0.05     # schema default
+    assert run["method_options"]["mask_ratio"] == 0.75
+    assert run["encoder"] == {"embed_dim": 192, "depth": 6, "num_heads": 3, "patch_size": 4, "img_size": 32}
+    assert C.resolve_run(cfg, "random_init")["epochs"] == 0  # baselines are never trained
+
+
+def test_resolved_config_hash_changes_with_a_hyper_parameter():
+    cfg = C.validate(demo())
+    before = C.config_hash(C.resolve_run(cfg, "mae"))
+    raw = demo()
+    raw["runs"]["mae"]["mae"]["mask_ratio"] = 0.5
+    after = C.config_hash(C.resolve_run(C.validate(raw), "mae"))
+    assert before != after
+    assert before == C.config_hash(C.resolve_run(C.validate(demo()), "mae"))
+
+
+def test_overrides_parse_yaml_values():
+    assert C.parse_override("runs.mae.epochs=3") == {"runs": {"mae": {"epochs": 3}}}
+    assert C.parse_override("launch.partition=null") == {"launch": {"partition": None}}
+
+
+@pytest.mark.parametrize("tool", ["cli", "snakemake"])
+def test_a_typo_fails_fast_naming_the_key(tmp_path, tool):
+    raw = demo()
+    raw["run_defaults"]["epocs"] = 3
+    bad = tmp_path / "config.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    if tool == "cli":
+        cmd = [sys.executable, "-m", "cmim", "validate", "--configfile", str(bad)]
+    else:
+        cmd = [str(Path(sys.executable).parent / "snakemake"), "-n", "--snakefile", str(ROOT / "Snakefile"),
+               "--configfile", str(bad), "--directory", str(tmp_path)]
+    started = time.perf_counter()
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    elapsed = time.perf_counter() - started
+    assert result.returncode != 0
+    assert "run_defaults.epocs" in result.stderr + result.stdout
+    assert "did you mean 'epochs'" in result.stderr + result.stdout
+    assert elapsed < 5, f"{tool} took {elapsed:.1f}s to reject a typo"

@@ -1,0 +1,45 @@
+# Pretraining: resolve each run's config, then train it on the configured launcher.
+# The resolved config is an input of everything downstream of the run, so changing one
+# hyper-parameter re-runs exactly that run and what depends on it.
+
+
+rule run_config:
+    output:
+        "results/pretrain/{run}/config.yaml",
+    params:
+        resolved=lambda w: W.resolved_run_text(CFG, w.run),
+    log:
+        "results/logs/run_config/{run}.log",
+    conda:
+        "../../envs/cmim.yaml"
+    shell:
+        "python -m cmim write-config --json {params.resolved:q} --out {output} > {log} 2>&1"
+
+
+if W.pretrain_is_local_rule(CFG):
+
+    localrules:
+        pretrain,
+
+
+rule pretrain:
+    input:
+        run_config="results/pretrain/{run}/config.yaml",
+        manifest=lambda w: W.train_manifest(CFG, w.run),
+    output:
+        checkpoint="results/pretrain/{run}/checkpoint.pt",
+        summary="results/pretrain/{run}/summary.json",
+        metrics="results/pretrain/{run}/metrics.jsonl",
+    params:
+        launch=W.launch_json(CFG),
+        out_dir=lambda w: f"results/pretrain/{w.run}",
+    threads: W.pretrain_threads(CFG)
+    resources:
+        **W.pretrain_resources(CFG),
+    log:
+        "results/logs/pretrain/{run}.log",
+    conda:
+        "../../envs/cmim.yaml"
+    shell:
+        "python -m cmim pretrain --run-config {input.run_config} --manifest {input.manifest} "
+        "--out {params.out_dir} --launch {params.launch:q} > {log} 2>&1"
