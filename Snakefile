@@ -9,7 +9,12 @@ from cmim.config import ConfigError
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# A study given with --configfile replaces the demo config instead of merging into it
+# (a study must not inherit the demo's runs); --config key=value overrides apply either way.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
 
 
 try:

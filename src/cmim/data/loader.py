@@ -189,7 +189,7 @@ def train_loader(manifest_path: str | Path, view: ViewSpec, *, batch_size: int, 
     )
     loader = wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers,
                            persistent_workers=False, prefetch_factor=4 if num_workers else None)
-    return loader.with_epoch(num_batches).with_length(num_batches)
+    return loader.with_epoch(num_batches)
 
 
 def eval_loader(manifest_path: str | Path, view: ViewSpec, *, batch_size: int, num_workers: int = 0,

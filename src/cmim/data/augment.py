@@ -1,0 +1,324 @@
+"""Batched view augmentations on the device the batch is on: flip, SimCLR colour jitter, grayscale, blur.
+
+Why here and not in the loader: loader workers only decode and crop to uint8; SimCLR-style colour
+and blur on CPU deliver 186-769 img/s where one H100 consumes ~1800 (DESIGN section 6,
+notes/gpu-anchors.md). So every op below works on a whole float batch [B, 3, H, W] in [0, 1],
+with no Python loop over samples, and gives each sample its own random parameters.
+
+Randomness: every parameter is drawn with `torch.rand(..., device=x.device)`, i.e. from torch's
+global generator of the batch's device, so seeding torch per step makes the augmentations
+reproducible. Each random op is split into `_<op>_params` (draws) and `_<op>` (applies explicit
+per-sample parameters); the tests compare the second against torchvision's single-image ops.
+An op whose probability is 0 draws nothing and returns its input unchanged (the same object).
+
+Semantics follow torchvision's functional ops (`transforms.v2.functional`) per sample; see the
+individual docstrings for the two deliberate differences (blur kernel size, reflect-pad limit).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
+BLUR_TRUNCATE = 3.0                    # blur kernel half-width in sigmas (2*ceil(3*sigma)+1 taps)
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # op ids in colour-jitter orders and factors
+
+
+@dataclass(frozen=True)
+class AugmentOptions:
+    """Mirrors the config block runs.<id>.augment; defaults are SimCLR's (and CAN's)."""
+
+    crop_scale: tuple[float, float] = (0.2, 1.0)  # RandomResizedCrop area range (applied by the loader)
+    hflip_prob: float = 0.5                         # horizontal flip probability per view
+    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast,
+                                                    # saturation, hue strengths (0 = op skipped)
+    color_jitter_prob: float = 0.8                  # SimCLR's RandomApply(ColorJitter, p=0.8)
+    grayscale_prob: float = 0.2                     # SimCLR's RandomGrayscale(p=0.2)
+    blur_prob: float = 0.5                          # CAN's / SimCLR (ImageNet) blur probability
+    blur_sigma: tuple[float, float] = (0.1, 2.0)    # sigma range in pixels at 224 px, scaled by H/224
+
+    def __post_init__(self) -> None:
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"augment.crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        for name in ("hflip_prob", "color_jitter_prob", "grayscale_prob", "blur_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"augment.{name} must be in [0, 1], got {getattr(self, name)}")
+        if min(self.color_jitter) < 0 or self.color_jitter[3] > 0.5:
+            raise ValueError("augment.color_jitter strengths must be >= 0 with hue <= 0.5, "
+                             f"got {self.color_jitter}")
+        lo, hi = self.blur_sigma
+        if not 0 < lo <= hi:
+            raise ValueError(f"augment.blur_sigma must satisfy 0 < min <= max, got {self.blur_sigma}")
+
+    @classmethod
+    def from_config(cls, d: dict) -> AugmentOptions:
+        """Build from the (schema-validated or hand-written) dict; lists become tuples."""
+        valid = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown augment option(s) {unknown}; valid options: {sorted(valid)}")
+        kwargs = {}
+        for key, value in d.items():
+            default = valid[key].default
+            if isinstance(default, tuple):
+                if not isinstance(value, (list, tuple)) or len(value) != len(default) \
+                        or not all(_is_number(v) for v in value):
+                    raise ValueError(f"augment.{key} must be a list of {len(default)} numbers, got {value!r}")
+                kwargs[key] = tuple(float(v) for v in value)
+            else:
+                if not _is_number(value):
+                    raise ValueError(f"augment.{key} must be a number, got {value!r}")
+                kwargs[key] = float(value)
+        return cls(**kwargs)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def to_unit(images: Tensor) -> Tensor:
+    """uint8 [..., 3, H, W] -> float32 in [0, 1] (x / 255, as ToTensor)."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"to_unit expects uint8 images, got {images.dtype} (already converted?)")
+    return images.to(torch.float32).div_(255.0)
+
+
+def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Per-channel (x - mean) / std over dim -3 of [..., 3, H, W]; same arithmetic as torchvision's."""
+    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    if mean_t.numel() != x.shape[-3] or std_t.numel() != x.shape[-3]:
+        raise ValueError(f"mean/std need {x.shape[-3]} values, got {len(mean)} and {len(std)}")
+    return (x - mean_t) / std_t
+
+
+def _check(x: Tensor) -> None:
+    if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+        raise ValueError(f"expected float images [B, 3, H, W], got {x.dtype} {tuple(x.shape)}")
+
+
+def _per_sample(v: Tensor, x: Tensor) -> Tensor:
+    """[B] -> [B, 1, 1, 1] in x's dtype, for broadcasting over a batch of images."""
+    return v.to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
+
+
+def _coin(batch: int, p: float, device) -> Tensor:
+    """bool [B]: True with probability p (p=0 never, p=1 always, since rand is in [0, 1))."""
+    return torch.rand(batch, device=device) < p
+
+
+def _uniform(shape, lo: float, hi: float, device) -> Tensor:
+    return lo + (hi - lo) * torch.rand(shape, device=device)
+
+
+# ----------------------------------------------------------------------------- flip
+
+
+def hflip_flags(batch: int, p: float, device) -> Tensor:
+    """bool [B]: which samples to flip. Draw once and pass to apply_hflip to flip two views alike."""
+    return _coin(batch, p, device)
+
+
+def apply_hflip(x: Tensor, flags: Tensor) -> Tensor:
+    """Flip (last dim) the samples whose flag is True; x is [B, ...] of any dtype."""
+    return torch.where(flags.view(-1, *([1] * (x.ndim - 1))), x.flip(-1), x)
+
+
+def random_hflip(x: Tensor, p: float) -> Tensor:
+    if p == 0:
+        return x
+    return apply_hflip(x, hflip_flags(x.shape[0], p, x.device))
+
+
+# ----------------------------------------------------------------------------- colour
+
+
+def _gray(x: Tensor) -> Tensor:
+    """[B, 3, H, W] -> luma [B, 1, H, W], torchvision's weights and summation order."""
+    r, g, b = x.unbind(dim=1)
+    return (r * GRAY_WEIGHTS[0] + g * GRAY_WEIGHTS[1] + b * GRAY_WEIGHTS[2]).unsqueeze(1)
+
+
+def _blend(x: Tensor, target: Tensor, factors: Tensor) -> Tensor:
+    """clamp(f * x + (1 - f) * target, 0, 1) per sample: torchvision's _blend."""
+    f = _per_sample(factors, x)
+    return (x * f).add_(target * (1 - f)).clamp_(0, 1)   # in place on fresh tensors only
+
+
+def _adjust_brightness(x: Tensor, factors: Tensor) -> Tensor:
+    return (x * _per_sample(factors, x)).clamp_(0, 1)
+
+
+def _adjust_contrast(x: Tensor, factors: Tensor) -> Tensor:
+    """Blend with the mean of each sample's grayscale image."""
+    return _blend(x, _gray(x).mean(dim=(1, 2, 3), keepdim=True), factors)
+
+
+def _adjust_saturation(x: Tensor, factors: Tensor) -> Tensor:
+    return _blend(x, _gray(x), factors)
+
+
+def _adjust_hue(x: Tensor, shifts: Tensor) -> Tensor:
+    """Rotate hue by shifts [B] (fraction of a turn, in [-0.5, 0.5]) keeping HSV saturation and value.
+
+    Same HSV model as torchvision's adjust_hue (hue from the max channel, r before g before b on
+    ties); back to RGB with the closed form c_n = v - (v - min) * clamp(min(k, 4 - k), 0, 1),
+    k = (n + 6 h) mod 6, n = 5, 3, 1 for r, g, b, which equals torchvision's six-sector table.
+    """
+    r, g, b = x.unbind(dim=1)
+    minc, maxc = torch.aminmax(x, dim=1)                    # [B, H, W]
+    chroma = maxc - minc
+    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))  # grey pixels: hue is moot
+    h6 = torch.where(maxc == r, (g - b) / safe,
+                     torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4))  # hue * 6
+    h6.add_(6 * _per_sample(shifts, x).squeeze(1))
+    n = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    k = (n + h6.unsqueeze(1)).remainder_(6)                 # [B, 3, H, W]
+    weight = torch.minimum(k, 4 - k).clamp_(0, 1)
+    return weight.mul_(-chroma.unsqueeze(1)).add_(maxc.unsqueeze(1))  # max - chroma * weight
+
+
+def _jitter_step(x: Tensor, ops: Tensor, factors: Tensor, active: Tensor) -> Tensor:
+    """One brightness/contrast/saturation step where each sample applies its own op ids [B]."""
+    gray = _gray(x)                                          # [B, 1, H, W]
+    mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+    op = ops.view(-1, 1, 1, 1)
+    target = torch.where(op == SATURATION, gray, torch.where(op == CONTRAST, mean, torch.zeros_like(mean)))
+    return torch.where(active.view(-1, 1, 1, 1), _blend(x, target, factors), x)
+
+
+def _color_jitter(x: Tensor, factors: Tensor, order: Tensor, active: Tensor,
+                  enabled: tuple[bool, bool, bool, bool] = (True, True, True, True)) -> Tensor:
+    """Jitter with explicit parameters, each sample applying the four ops in its own order.
+
+    factors [B, 4]: brightness, contrast, saturation factors and the hue shift; order long [B, 4]:
+    a permutation of op ids (BRIGHTNESS, CONTRAST, SATURATION, HUE) per sample; active bool [B]:
+    samples to jitter (the others come back unchanged); enabled: ops to run at all (torchvision
+    skips an op whose strength is 0). Without a Python loop over samples: the three blend ops
+    run in 3 steps before the hue step and 3 after, each sample taking part in the steps its
+    order puts on its side of hue, so hue (the costly op) runs once.
+    """
+    _check(x)
+    position = order.argsort(dim=1)                          # [B, 4] where each op comes
+    blend_order = position[:, :HUE].argsort(dim=1)           # [B, 3] b/c/s ops in the sample's order
+    hue_at = position[:, HUE]                                # how many blend ops come before hue
+    blend_enabled = torch.tensor(enabled[:HUE], device=x.device)
+    for before_hue in (True, False):
+        if any(enabled[:HUE]):
+            for j in range(3):
+                ops = blend_order[:, j]
+                side = j < hue_at if before_hue else j >= hue_at
+                step_factors = factors.gather(1, ops[:, None]).squeeze(1)
+                x = _jitter_step(x, ops, step_factors, active & side & blend_enabled[ops])
+        if before_hue and enabled[HUE]:
+            x = torch.where(active.view(-1, 1, 1, 1), _adjust_hue(x, factors[:, HUE]), x)
+    return x
+
+
+def _jitter_params(batch: int, brightness: float, contrast: float, saturation: float, hue: float,
+                   p: float, device) -> tuple[Tensor, Tensor, Tensor]:
+    """Draw (factors [B, 4], order [B, 4], active [B]) as torchvision's ColorJitter, per sample."""
+    if not 0 <= hue <= 0.5 or min(brightness, contrast, saturation) < 0:
+        raise ValueError(f"jitter strengths must be >= 0 and hue <= 0.5, got "
+                         f"{(brightness, contrast, saturation, hue)}")
+    active = _coin(batch, p, device)
+    u = torch.rand(batch, 4, device=device)
+    lo = torch.tensor([max(0.0, 1 - s) for s in (brightness, contrast, saturation)] + [-hue], device=device)
+    hi = torch.tensor([1 + s for s in (brightness, contrast, saturation)] + [hue], device=device)
+    factors = lo + (hi - lo) * u
+    order = torch.rand(batch, 4, device=device).argsort(dim=1)  # a uniform random permutation each
+    return factors, order, active
+
+
+def color_jitter(x: Tensor, brightness: float, contrast: float, saturation: float, hue: float,
+                 p: float) -> Tensor:
+    """torchvision's ColorJitter(brightness, contrast, saturation, hue) applied to each sample with
+    probability p: factors ~ U[max(0, 1 - s), 1 + s], hue shift ~ U[-hue, hue], ops in a random
+    order per sample, clamped to [0, 1] after each op. A strength of 0 skips that op."""
+    _check(x)
+    if p == 0:
+        return x
+    factors, order, active = _jitter_params(x.shape[0], brightness, contrast, saturation, hue, p, x.device)
+    enabled = (brightness > 0, contrast > 0, saturation > 0, hue > 0)
+    return _color_jitter(x, factors, order, active, enabled)
+
+
+def _grayscale(x: Tensor, flags: Tensor) -> Tensor:
+    """Replace the flagged samples by their luma replicated to 3 channels."""
+    return torch.where(flags.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
+
+
+def random_grayscale(x: Tensor, p: float) -> Tensor:
+    _check(x)
+    if p == 0:
+        return x
+    return _grayscale(x, _coin(x.shape[0], p, x.device))
+
+
+# ----------------------------------------------------------------------------- blur
+
+
+def _blur_kernel_size(sigma_max: float, height: int, width: int) -> int:
+    """Odd size 2 * ceil(3 sigma) + 1, capped so reflect padding fits the image (pad < side)."""
+    half = min(math.ceil(BLUR_TRUNCATE * sigma_max), height - 1, width - 1)
+    return 2 * max(half, 0) + 1
+
+
+def _gaussian_blur(x: Tensor, sigmas: Tensor, kernel_size: int, flags: Tensor | None = None) -> Tensor:
+    """Blur sample i with a separable Gaussian of sigmas[i] pixels, kernel_size taps, reflect padding.
+
+    The whole batch goes through one depthwise conv per axis on [1, B*3, H, W] with B*3 kernels;
+    flags [B] (default all) picks the samples that get the blurred result.
+    """
+    _check(x)
+    bsz, chans, height, width = x.shape
+    half = kernel_size // 2
+    taps = torch.arange(-half, half + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.softmax(-(taps**2) / (2 * _per_sample(sigmas, x).view(-1, 1) ** 2), dim=1)  # [B, K]
+    kernel = kernel.repeat_interleave(chans, dim=0)          # [B*3, K]
+    out = F.pad(x.reshape(1, bsz * chans, height, width), (half, half, half, half), mode="reflect")
+    out = F.conv2d(out, kernel.view(-1, 1, kernel_size, 1), groups=bsz * chans)   # along H
+    out = F.conv2d(out, kernel.view(-1, 1, 1, kernel_size), groups=bsz * chans)   # along W
+    out = out.view(bsz, chans, height, width)
+    return out if flags is None else torch.where(flags.view(-1, 1, 1, 1), out, x)
+
+
+def gaussian_blur(x: Tensor, sigma_range: tuple[float, float], p: float, ref_size: int = 224) -> Tensor:
+    """Blur each sample with probability p, sigma ~ U[sigma_range] * H / ref_size pixels.
+
+    Unlike torchvision's GaussianBlur(kernel_size, sigma), the kernel size is not a setting: it is
+    2 * ceil(3 * sigma_max) + 1 for the largest sigma the range allows (the same for every batch,
+    no device sync), so each sample's result depends only on its own sigma. At 224 px and
+    sigma <= 2 that is 13 taps, where SimCLR used 23; the Gaussian beyond 3 sigma (0.3% of the
+    mass, renormalised away) is the only difference. The half-width is capped at side - 1, which
+    reflect padding needs (torchvision raises instead).
+    """
+    _check(x)
+    if p == 0:
+        return x
+    scale = x.shape[-2] / ref_size
+    flags = _coin(x.shape[0], p, x.device)
+    sigmas = _uniform(x.shape[0], sigma_range[0] * scale, sigma_range[1] * scale, x.device)
+    kernel_size = _blur_kernel_size(sigma_range[1] * scale, x.shape[-2], x.shape[-1])
+    return _gaussian_blur(x, sigmas, kernel_size, flags)
+
+
+# ----------------------------------------------------------------------------- SimCLR view
+
+
+def simclr_augment(x: Tensor, opts: AugmentOptions) -> Tensor:
+    """SimCLR's view after the crop: flip, colour jitter (p), grayscale (p), blur (p); no normalisation."""
+    x = random_hflip(x, opts.hflip_prob)
+    x = color_jitter(x, *opts.color_jitter, p=opts.color_jitter_prob)
+    x = random_grayscale(x, opts.grayscale_prob)
+    return gaussian_blur(x, opts.blur_sigma, opts.blur_prob)
