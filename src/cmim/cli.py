@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def config_args(s):
         s.add_argument("--configfile", nargs="+", default=["config.yaml"], help="config files, merged left to right")
-        s.add_argument("--set", nargs="*", default=[], metavar="KEY.PATH=VALUE", help="overrides, e.g. runs.mae.epochs=2")
+        s.add_argument("--set", nargs="*", default=[], metavar="KEY.PATH=VALUE",
+                       help="overrides, e.g. runs.mae.epochs=2")
 
     s = sub.add_parser("validate", help="check a config (schema + cross-key checks)")
     config_args(s)

@@ -10,14 +10,8 @@ import json
 import re
 
 from cmim import paths
-from cmim.config import BASELINE_METHODS, evaluated_runs, resolve_run, validate
+from cmim.config import evaluated_runs, resolve_run, validate
 
-DEFAULT_SPLITS = {"imagefolder": {"train": "train", "val": "val"},
-                  "ade20k": {"train": "training", "val": "validation"},
-                  "demo-ade20k": {"train": "training", "val": "validation"},
-                  "coco": {"train": "train2017", "val": "val2017"},
-                  "demo-coco": {"train": "train2017", "val": "val2017"},
-                  "fashion-mnist": {"train": "train", "val": "t10k"}}
 READER_FORMAT = {"demo-ade20k": "ade20k", "demo-coco": "coco"}  # demo trees are read as the real thing
 
 
@@ -39,8 +33,10 @@ def alternation(names) -> str:
 
 
 def splits(cfg: dict, dataset: str) -> dict[str, str]:
+    from cmim.data.sources import default_splits
+
     ds = cfg["datasets"][dataset]
-    return ds["splits"] or DEFAULT_SPLITS[ds["format"]]
+    return ds["splits"] or default_splits(READER_FORMAT.get(ds["format"], ds["format"]))
 
 
 def is_demo(cfg: dict, dataset: str) -> bool:

@@ -71,7 +71,8 @@ def read_encoder_checkpoint(path: Path) -> dict:
     except Exception as e:
         raise ValueError(f"{path}: cannot be read as a checkpoint ({e!r}); delete it and re-run pretraining") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != ENCODER_FORMAT:
-        raise ValueError(f"{path}: not a cmim encoder checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt)}); "
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path}: not a cmim encoder checkpoint (format {found}); "
                          f"expected '{ENCODER_FORMAT}' as written by `python -m cmim pretrain`")
     return ckpt
 

@@ -312,7 +312,8 @@ class Pretrainer:
             "run": run["run"], "method": run["method"], "epochs": run["epochs"], "steps": step,
             "images_seen": step * run["batch_size"], "wall_time_s": wall, "img_per_s": img_s,
             "device": str(env.device) if env.device.type == "cpu" else torch.cuda.get_device_name(env.device),
-            "world_size": env.world_size, "gpu_hours": wall * env.world_size / 3600 if env.device.type == "cuda" else 0.0,
+            "world_size": env.world_size,
+            "gpu_hours": wall * env.world_size / 3600 if env.device.type == "cuda" else 0.0,
             "cpu_hours": wall * env.world_size / 3600 if env.device.type == "cpu" else 0.0,
             "peak_memory_gb": peak_memory_gb(env.device), "flops_per_image": flops_per_image,
             "mfu": flops.mfu(flops_per_image, img_s, env.device, env.world_size),
@@ -326,7 +327,8 @@ class Pretrainer:
                     shutil.copyfile(files.resume_metrics, tmp)
             else:
                 io.write_text(files.metrics, "")
-            ckpt.export_encoder(files.checkpoint, self.method.encoder, run["encoder"], **self._meta(run["epochs"], step))
+            ckpt.export_encoder(files.checkpoint, self.method.encoder, run["encoder"],
+                                **self._meta(run["epochs"], step))
             io.write_json(files.summary, summary)  # last: the rule's outputs are complete now
             self.log(f"[{run['run']}] done: {step} steps, {summary['images_seen']} images, "
                      f"{img_s:.0f} img/s, {wall / 60:.1f} min")

@@ -1,0 +1,309 @@
+"""Deterministic WebDataset sharding of one dataset split (DESIGN sections 2 and 6).
+
+Same inputs -> byte-identical tars: records in the source's sorted order, the first `max_samples`,
+then one seeded permutation (a class-sorted ImageNet shard would defeat a shuffle buffer); tar
+members with a constant mtime, owner and mode. A shard appears under its final name only when
+complete; the manifest is written last, and a failed call leaves neither its shards nor a manifest.
+
+Output: out_dir/{split}-%06d.tar and out_dir/manifest.json (format in `shard_split`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import multiprocessing
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+
+from cmim import io
+from cmim.data.sources import Reader, Record, Sample, Skip, build_sample, open_reader
+
+_TAR_BLOCK, _TAR_RECORD = 512, 20 * 512   # tarfile's block and record sizes (USTAR)
+POOL_MIN_RECORDS = 2000                   # below this, starting worker processes costs more than it saves
+_SHOW = 10                                # bad / converted paths quoted in errors and the log
+
+
+class ShardingError(RuntimeError):
+    """Too many unreadable samples, or none at all; the message says which files and which key to change."""
+
+
+def shard_split(fmt: str, root: str | Path | None, dataset: str, split: str, source_split: str,
+                out_dir: str | Path, *, max_samples: int | None = None, shard_max_count: int = 10000,
+                shard_max_bytes: float = 1e9, max_bad_fraction: float = 0.01,
+                resize_short_side: int | None = None, seed: int = 0, workers: int | None = None,
+                log: Callable[[str], None] = print) -> dict:
+    """Write one split as shards + manifest.json and return the manifest.
+
+    Manifest (JSON, sorted keys, nothing that changes between runs but `source_root`):
+      dataset, split, format, source_root, source_split, seed, max_samples, resize_short_side,
+      num_samples, fields (sorted field names), shards [{file, count, bytes, sha256}],
+      classes [{id, name, ...}], skipped [{source, reason}], converted [{source, reason}],
+      resized (count), image_size_stats {width, height: {min, max, mean}} of the stored images.
+    Sources in `skipped` / `converted` are relative to source_root.
+
+    `workers`: processes that decode and check images (None: one per available core, at most 8;
+    the output does not depend on it).
+    """
+    out_dir = Path(out_dir)
+    name = f"{dataset}/{split}"
+    reader = open_reader(fmt, root, source_split, resize_short_side=resize_short_side)
+    records = reader.records()[:max_samples]
+    classes = reader.classes()  # before the long part: a malformed class list fails now, not in hours
+    if not records:
+        raise ShardingError(f"{name}: no samples found in {reader.location}; check datasets.{dataset}.root "
+                            f"and datasets.{dataset}.splits")
+    todo = [r for r in records if isinstance(r, Record)]
+    todo = [todo[i] for i in np.random.default_rng(seed).permutation(len(todo))]
+    bad = _BadSamples(name, dataset, reader, len(records), max_bad_fraction)
+    bad.add(*(r for r in records if isinstance(r, Skip)))
+    log(f"[shard] {name}: {len(records)} samples from {reader.location} ({fmt}, split {source_split}) "
+        f"-> {out_dir}")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "manifest.json").unlink(missing_ok=True)  # the shards it lists are about to be replaced
+    writer = _ShardWriter(out_dir, split, shard_max_count, shard_max_bytes)
+    stats = _Stats()
+    progress = _Progress(name, len(records), log)
+    try:
+        with contextlib.closing(_built(todo, reader, workers)) as built:  # closing stops the workers
+            for item in built:
+                if isinstance(item, Skip):
+                    bad.add(item)
+                else:
+                    writer.write(item)
+                    stats.add(item)
+                progress.update(stats.count + len(bad.items), len(bad.items))
+        shards = writer.close()
+        if stats.count == 0:
+            raise ShardingError(f"{name}: no readable samples in {reader.location} "
+                                f"({len(bad.items)} skipped: {bad.first()})")
+        _remove_stale(out_dir, split, keep={s["file"] for s in shards})
+        manifest = {
+            "dataset": dataset, "split": split, "format": fmt, "source_root": str(reader.root.resolve()),
+            "source_split": source_split, "seed": seed, "max_samples": max_samples,
+            "resize_short_side": resize_short_side, "num_samples": stats.count,
+            "fields": sorted(stats.fields), "shards": shards, "classes": classes,
+            "skipped": bad.listing(), "converted": stats.converted_listing(), "resized": stats.resized,
+            "image_size_stats": stats.image_size_stats(),
+        }
+        io.write_json(out_dir / "manifest.json", manifest)
+    except BaseException:
+        writer.abort()
+        raise
+    _log_summary(log, name, manifest, progress.elapsed())
+    return manifest
+
+
+# ----------------------------------------------------------------------------- building samples
+
+
+def _built(records: list[Record], reader: Reader, workers: int | None) -> Iterator[Sample | Skip]:
+    """build_sample over the records, in their order (worker processes keep the order: imap)."""
+    if workers is None:
+        workers = min(8, len(os.sched_getaffinity(0)))
+    if workers <= 1 or len(records) < POOL_MIN_RECORDS:
+        yield from map(reader.build, records)
+        return
+    fn = functools.partial(build_sample, root=reader.root, resize_short_side=reader.resize_short_side)
+    # forkserver: never fork a process that may hold threads (torch, BLAS)
+    with multiprocessing.get_context("forkserver").Pool(workers) as pool:
+        yield from pool.imap(fn, records, chunksize=64)
+
+
+class _BadSamples:
+    """Skipped records; raises ShardingError as soon as they exceed the allowed fraction of the split."""
+
+    def __init__(self, name: str, dataset: str, reader: Reader, total: int, max_fraction: float) -> None:
+        self.name, self.dataset, self.reader = name, dataset, reader
+        self.total, self.max_fraction = total, max_fraction
+        self.items: list[Skip] = []
+
+    def add(self, *items: Skip) -> None:
+        self.items += items
+        if len(self.items) > self.max_fraction * self.total:
+            k = len(self.items)
+            raise ShardingError(
+                f"{self.name}: {k} of {self.total} samples are unreadable ({k / self.total:.2%}; stopped "
+                f"when they passed max_bad_fraction={self.max_fraction}). Fix or remove the files, or raise "
+                f"datasets.{self.dataset}.max_bad_fraction to skip them. Under {self.reader.root}: "
+                f"{self.first()}")
+
+    def first(self) -> str:
+        shown = "; ".join(f"{s['source']}: {s['reason']}" for s in self.listing()[:_SHOW])
+        return shown + (f"; ... and {len(self.items) - _SHOW} more" if len(self.items) > _SHOW else "")
+
+    def listing(self) -> list[dict]:
+        return [{"source": s.source, "reason": s.reason} for s in sorted(self.items, key=lambda s: s.source)]
+
+
+class _Stats:
+    """What the manifest says about the good samples."""
+
+    def __init__(self) -> None:
+        self.count = self.resized = 0
+        self.fields: set[str] = set()
+        self.converted: list[tuple[str, str]] = []
+        self.widths: list[int] = []
+        self.heights: list[int] = []
+
+    def add(self, sample: Sample) -> None:
+        self.count += 1
+        self.resized += sample.resized
+        self.fields.update(sample.fields)
+        if sample.converted:
+            self.converted.append((sample.source, sample.converted))
+        self.widths.append(sample.size[0])
+        self.heights.append(sample.size[1])
+
+    def converted_listing(self) -> list[dict]:
+        return [{"source": s, "reason": r} for s, r in sorted(self.converted)]
+
+    def image_size_stats(self) -> dict:
+        def stats(v: list[int]) -> dict:
+            return {"min": int(min(v)), "max": int(max(v)), "mean": round(float(np.mean(v)), 3)}
+        return {"width": stats(self.widths), "height": stats(self.heights)}
+
+
+# ----------------------------------------------------------------------------- writing shards
+
+
+class _HashingFile:
+    """A write-only file wrapper that counts and hashes what passes through (no second read of the shard)."""
+
+    def __init__(self, f) -> None:
+        self.f, self.sha256, self.bytes = f, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.bytes += len(data)
+        return self.f.write(data)
+
+
+def _tar_bytes(key: str, fields: dict[str, bytes]) -> int:
+    """Bytes a sample adds to a tar: a header block per member plus its data padded to whole blocks
+    (member names over 100 characters take a PAX header and its record: two more blocks)."""
+    return sum(_TAR_BLOCK * (1 + 2 * (len(key) + 1 + len(k) > 100)) + -(-len(v) // _TAR_BLOCK) * _TAR_BLOCK
+               for k, v in fields.items())
+
+
+def _tar_file_bytes(member_bytes: int) -> int:
+    """Size of a finished tar: members, two end blocks, padded to a whole record."""
+    return -(-(member_bytes + 2 * _TAR_BLOCK) // _TAR_RECORD) * _TAR_RECORD
+
+
+class _ShardWriter:
+    """{split}-%06d.tar shards of at most max_count samples and max_bytes bytes (a larger single sample
+    gets a shard of its own); each is written under a hidden temporary name and renamed when complete."""
+
+    def __init__(self, out_dir: Path, split: str, max_count: int, max_bytes: float) -> None:
+        self.out_dir, self.split = out_dir, split
+        self.max_count, self.max_bytes = max_count, max_bytes
+        self.done: list[dict] = []
+        self._tar = None
+
+    def write(self, sample: Sample) -> None:
+        size = _tar_bytes(sample.key, sample.fields)
+        if self._tar is not None and (self._count >= self.max_count
+                                      or _tar_file_bytes(self._size + size) > self.max_bytes):
+            self._finish()
+        if self._tar is None:
+            self._open()
+        self._tar.write({"__key__": sample.key, **sample.fields})
+        self._count += 1
+        self._size += size
+
+    def close(self) -> list[dict]:
+        if self._tar is not None:
+            self._finish()
+        return self.done
+
+    def abort(self) -> None:
+        """Remove the shard being written and every shard this writer completed."""
+        if self._tar is not None:
+            with contextlib.suppress(Exception):  # the tar stream flushes into the file it is removed with
+                self._tar.close()
+            self._file.close()
+            self._tmp.unlink(missing_ok=True)
+            self._tar = None
+        for shard in self.done:
+            (self.out_dir / shard["file"]).unlink(missing_ok=True)
+        self.done = []
+
+    def _open(self) -> None:
+        self._name = f"{self.split}-{len(self.done):06d}.tar"
+        self._tmp = self.out_dir / f".{self._name}.{os.getpid()}.tmp"
+        self._file = open(self._tmp, "wb")  # closed in _finish / abort
+        self._hashing = _HashingFile(self._file)
+        # constant mtime, owner and mode (TarWriter's defaults): the same samples give the same bytes
+        self._tar = wds.TarWriter(self._hashing, encoder=False, mtime=0)
+        self._count = self._size = 0
+
+    def _finish(self) -> None:
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._tar = None
+        os.replace(self._tmp, self.out_dir / self._name)
+        self.done.append({"file": self._name, "count": self._count, "bytes": self._hashing.bytes,
+                          "sha256": self._hashing.sha256.hexdigest()})
+
+
+def _remove_stale(out_dir: Path, split: str, keep: set[str]) -> None:
+    """Shards of an earlier run that this manifest does not list, and temporary files of killed runs."""
+    pattern = re.compile(rf"\.?{re.escape(split)}-\d{{6}}\.tar(\.\d+\.tmp)?")
+    for path in out_dir.iterdir():
+        if pattern.fullmatch(path.name) and path.name not in keep:
+            path.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class _Progress:
+    """A line about every 5% of the split: count, rate, ETA, skipped so far."""
+
+    def __init__(self, name: str, total: int, log: Callable[[str], None]) -> None:
+        self.name, self.total, self.log = name, total, log
+        self.every = max(1, total // 20)
+        self.started = time.perf_counter()
+        self.next = self.every
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def update(self, done: int, skipped: int) -> None:
+        if done < self.next and done < self.total:
+            return
+        self.next = done + self.every
+        elapsed = self.elapsed()
+        rate = done / elapsed if elapsed > 0 else float("inf")
+        eta = (self.total - done) / rate if rate > 0 else 0.0
+        self.log(f"[shard] {self.name}: {done}/{self.total} ({100 * done / self.total:.0f}%) "
+                 f"{rate:.0f} samples/s, ETA {_hms(eta)}, {skipped} skipped")
+
+
+def _log_summary(log: Callable[[str], None], name: str, m: dict, elapsed: float) -> None:
+    size = sum(s["bytes"] for s in m["shards"])
+    rate = m["num_samples"] / max(elapsed, 1e-9)
+    log(f"[shard] {name}: done, {m['num_samples']} samples in {len(m['shards'])} shard(s), "
+        f"{size / 1e6:.1f} MB, {elapsed:.1f}s ({rate:.0f} samples/s); {len(m['skipped'])} skipped, "
+        f"{len(m['converted'])} converted, {m['resized']} resized")
+    for what in ("skipped", "converted"):
+        for entry in m[what][:_SHOW]:
+            log(f"[shard]   {what} {entry['source']}: {entry['reason']}")
+        if len(m[what]) > _SHOW:
+            log(f"[shard]   ... and {len(m[what]) - _SHOW} more {what} (see manifest.json)")

@@ -1,0 +1,476 @@
+"""Dataset sources: one reader per layout, all producing the same WebDataset-ready samples.
+
+A reader lists one split of a source cheaply and in a deterministic sorted order (`records()`:
+paths and labels only, never image bytes; ImageNet is 150 GB), and `build_sample` turns one record
+into a `Sample` (webdataset field name -> bytes) or a `Skip` (what was wrong with it). Splitting the
+two lets the sharder permute the records and build samples in worker processes.
+
+Image policy (DESIGN section 6): every image is fully decoded once to prove it is readable. JPEG and
+PNG bytes are stored exactly as given; what decoders commonly reject (CMYK / 16-bit / transparent
+palettes, BMP, GIF, WEBP, TIFF, ...) is converted, stored and recorded. `Sample.source` and
+`Skip.source` are relative to the reader's `root`, so a manifest does not depend on where the data
+lives.
+
+Formats: imagefolder, ade20k, coco, fashion-mnist (`READERS`); the demo-ade20k / demo-coco trees are
+generated in the real layouts and read by the ade20k / coco readers.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from cmim.data import fashion_mnist
+
+_DEFAULT_SPLITS = {"imagefolder": {"train": "train", "val": "val"},
+                   "ade20k": {"train": "training", "val": "validation"},
+                   "coco": {"train": "train2017", "val": "val2017"},
+                   "fashion-mnist": {"train": "train", "val": "t10k"}}
+JPEG_QUALITY = 95           # for every re-encoded JPEG (converted JPEG sources, resized images)
+FASHION_MNIST_PAD = 2       # 28 px -> 32 px, so a 4-px (or 8-, 16-px) patch grid tiles the image
+_KEEP_MODES = {"JPEG": {"RGB", "L"}, "PNG": {"RGB", "L", "P"}}  # stored as given (P: if opaque)
+_FIELD = {"JPEG": "jpg", "PNG": "png"}
+
+
+class SourceError(RuntimeError):
+    """The source tree is missing or not in the expected layout (names the folder and the layout)."""
+
+
+class BadSample(Exception):
+    """One record is unusable; the message is the reason recorded in the manifest."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One source sample before its bytes are read. Paths are relative to the reader's root."""
+    key: str                          # unique in the split, [A-Za-z0-9_-] only (webdataset splits at dots)
+    source: str                       # file (or "file:index") relative to root, for messages
+    label: int | None = None          # -> `cls`
+    json: bytes | None = None         # -> `json` (COCO: image record + its annotations)
+    seg: str | None = None            # ADE20K annotation PNG, relative to root -> `seg.png`
+    pixels: np.ndarray | None = None  # raw uint8 [H, W] pixels to encode (Fashion-MNIST), else read `source`
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    key: str
+    fields: dict[str, bytes]          # webdataset field name -> bytes: jpg | png, cls | seg.png | json
+    source: str
+    size: tuple[int, int]             # (width, height) of the stored image
+    converted: str | None = None      # why the image (or annotation) was re-encoded, if it was
+    resized: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    source: str
+    reason: str
+
+
+def default_splits(fmt: str) -> dict[str, str]:
+    """Our split name -> the source's split name, for a reader format."""
+    _check_format(fmt)
+    return dict(_DEFAULT_SPLITS[fmt])
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def _decode(data: bytes, what: str = "image") -> Image.Image:
+    """Fully decode (not just `verify()`): truncated files only fail when the pixels are read."""
+    if not data:
+        raise BadSample("empty file (0 bytes)")
+    try:
+        im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise BadSample(f"not an {what} (PIL cannot identify the format)") from None
+    except Exception as e:
+        raise BadSample(f"cannot open {what}: {type(e).__name__}: {e}") from None
+    try:
+        im.load()
+    except Exception as e:
+        raise BadSample(f"cannot decode {what} ({im.format}): {type(e).__name__}: {e}") from None
+    return im
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """RGB for any mode; 16/32-bit integer grey is taken as 16-bit and scaled to 8 bits."""
+    if im.mode.startswith("I") or im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        a = a / 257.0 if im.mode != "F" else a
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8)).convert("RGB")
+    if im.mode in ("P", "PA"):  # palette with transparency: through RGBA, as PIL asks
+        im = im.convert("RGBA")
+    return im.convert("RGB")
+
+
+def _encode(im: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "JPEG":
+        im.save(buf, format="JPEG", quality=JPEG_QUALITY)
+    else:
+        im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _kept_as_given(im: Image.Image, fmt: str) -> bool:
+    """RGB / L JPEGs and RGB / L / opaque-palette PNGs: what every decoder (PIL, torchvision, cv2) reads."""
+    return im.mode in _KEEP_MODES[fmt] and not (im.mode == "P" and "transparency" in im.info)
+
+
+@dataclass(frozen=True, slots=True)
+class _Image:
+    field: str                        # jpg | png
+    data: bytes
+    size: tuple[int, int]             # as stored
+    source_size: tuple[int, int]      # as decoded from the source file
+    converted: str | None
+    resized: bool
+
+
+def _image_field(data: bytes, resize_short_side: int | None) -> _Image:
+    """Check one image file; keep its bytes as given, or convert / resize and re-encode them."""
+    im = _decode(data)
+    source_size, mode = im.size, im.mode
+    fmt = "JPEG" if im.format in ("JPEG", "MPO") else im.format  # MPO: a JPEG with extra frames appended
+    converted = None
+    try:
+        if fmt in _KEEP_MODES and not _kept_as_given(im, fmt):
+            im = _to_rgb(im)
+            data, converted = _encode(im, fmt), f"{fmt} in mode {mode}: converted to RGB, re-encoded as {fmt}"
+        elif fmt not in _KEEP_MODES:
+            im = im if mode in ("RGB", "L") else _to_rgb(im)
+            data, converted = _encode(im, "PNG"), f"{fmt} ({mode}) is not JPEG/PNG: re-encoded as PNG"
+            fmt = "PNG"
+        resized = resize_short_side is not None and min(im.size) > resize_short_side
+        if resized:
+            im = _resize(im if im.mode in ("RGB", "L") else _to_rgb(im), resize_short_side)
+            data, fmt = _encode(im, "JPEG"), "JPEG"
+    except Exception as e:  # a mode PIL cannot convert, an encoder failure: this sample only
+        raise BadSample(f"cannot convert {fmt} ({mode}): {type(e).__name__}: {e}") from None
+    return _Image(_FIELD[fmt], data, im.size, source_size, converted, resized)
+
+
+def _resize(im: Image.Image, short_side: int, resample=Image.Resampling.BICUBIC) -> Image.Image:
+    w, h = im.size
+    scale = short_side / min(w, h)
+    size = (short_side, max(1, round(h * scale))) if w <= h else (max(1, round(w * scale)), short_side)
+    return im.resize(size, resample=resample)
+
+
+def _seg_field(data: bytes, image_size: tuple[int, int],
+               stored_size: tuple[int, int]) -> tuple[bytes, str | None]:
+    """An ADE20K annotation: single-channel uint8 PNG of the image's size; P is re-encoded as L indices."""
+    seg = _decode(data, "annotation")
+    if seg.format != "PNG":
+        raise BadSample(f"annotation is {seg.format}, not PNG")
+    if seg.mode not in ("L", "P"):
+        raise BadSample(f"annotation must be single-channel uint8 (mode L), got mode {seg.mode}")
+    if seg.size != image_size:
+        raise BadSample(f"annotation size {seg.size} differs from image size {image_size}")
+    converted = None
+    if seg.mode == "P":  # the palette indices are the labels; store them as plain grey values
+        seg, converted = Image.fromarray(np.asarray(seg)), "annotation in mode P: re-encoded as L"
+    if stored_size != image_size:  # the image was resized: labels follow with nearest neighbour
+        seg = seg.resize(stored_size, resample=Image.Resampling.NEAREST)
+        data = _encode(seg, "PNG")
+    elif converted:
+        data = _encode(seg, "PNG")
+    return data, converted
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise BadSample(f"unreadable: {type(e).__name__}: {e.strerror or e}") from None
+
+
+def build_sample(record: Record, root: str | Path, resize_short_side: int | None = None) -> Sample | Skip:
+    """Read, check and encode one record. A pure function of its arguments (runs in worker processes)."""
+    try:
+        if record.pixels is not None:  # Fashion-MNIST: zero-pad 28 -> 32 px, grey PNG
+            padded = Image.fromarray(np.pad(record.pixels, FASHION_MNIST_PAD))
+            image = _Image("png", _encode(padded, "PNG"), padded.size, padded.size, None, False)
+        else:
+            image = _image_field(_read(Path(root) / record.source), resize_short_side)
+        fields = {image.field: image.data}
+        converted = image.converted
+        if record.seg is not None:
+            fields["seg.png"], seg_converted = _seg_field(_read(Path(root) / record.seg), image.source_size,
+                                                          image.size)
+            converted = "; ".join(c for c in (converted, seg_converted) if c) or None
+        if record.label is not None:
+            fields["cls"] = str(record.label).encode("ascii")
+        if record.json is not None:
+            fields["json"] = record.json
+        return Sample(record.key, fields, record.source, image.size, converted, image.resized)
+    except BadSample as e:
+        return Skip(record.source, str(e))
+
+
+# ----------------------------------------------------------------------------- listing helpers
+
+
+class _Keys:
+    """Webdataset keys: [A-Za-z0-9_-] only (the first dot starts the field name), unique in a split."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def __call__(self, name: str) -> str:
+        key = re.sub(r"[^A-Za-z0-9_-]", "_", name) or "_"
+        unique, n = key, 1
+        while unique in self.seen:  # e.g. a.jpg and a.png in one folder; deterministic in sorted order
+            n += 1
+            unique = f"{key}-{n}"
+        self.seen.add(unique)
+        return unique
+
+
+def _files(folder: Path) -> list[str]:
+    """Every non-hidden file under `folder` (recursively, following links), as sorted relative paths."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel = os.path.relpath(dirpath, folder)
+        out += [f if rel == "." else f"{rel}/{f}" for f in filenames if not f.startswith(".")]
+    return sorted(out)
+
+
+def _stem(rel: str) -> str:
+    """The relative path without the file's extension: 'n014/n014_10026.JPEG' -> 'n014/n014_10026'."""
+    head, _, name = rel.rpartition("/")
+    name = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    return f"{head}/{name}" if head else name
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in READERS:
+        hint = " (demo-* trees are read with the ade20k / coco readers)" if fmt.startswith("demo-") else ""
+        raise ValueError(f"unknown source format {fmt!r}{hint}; valid: {sorted(READERS)}")
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+class Reader:
+    """One split of one source. `records()` lists it (sorted, cheap), iterating yields Sample | Skip."""
+
+    fmt = ""
+
+    def __init__(self, root: str | Path, split: str, resize_short_side: int | None = None) -> None:
+        self.root = Path(root)            # Record / Sample / Skip sources are relative to it
+        self.split = split                # the source's split name (training, train2017, t10k, ...)
+        self.location = self.root         # the folder named in messages (empty split, missing data)
+        self.resize_short_side = resize_short_side
+
+    def records(self) -> list[Record | Skip]:
+        raise NotImplementedError
+
+    def classes(self) -> list[dict]:
+        """[{id, name, ...}] in id order; ids are the values stored in `cls` / `seg.png` / COCO json."""
+        raise NotImplementedError
+
+    def build(self, record: Record) -> Sample | Skip:
+        return build_sample(record, self.root, self.resize_short_side)
+
+    def __iter__(self) -> Iterator[Sample | Skip]:
+        for r in self.records():
+            yield r if isinstance(r, Skip) else self.build(r)
+
+
+class ImageFolderReader(Reader):
+    """<root>/<split>/<class>/<image>; class id = index of the class folder in sorted order."""
+
+    fmt = "imagefolder"
+    LAYOUT = "<root>/<split>/<class>/<image>"
+
+    def __init__(self, root, split, resize_short_side=None):
+        super().__init__(root, split, resize_short_side)
+        self.location = self.root / split
+        if not self.location.is_dir():
+            raise SourceError(f"imagefolder: {self.location} is not a folder (layout {self.LAYOUT}, "
+                              f"split {split!r}; see datasets.<name>.root and .splits)")
+        self.class_names = sorted(e.name for e in os.scandir(self.location)
+                                  if e.is_dir() and not e.name.startswith("."))
+        if not self.class_names:
+            raise SourceError(f"imagefolder: no class folders in {self.location} (layout {self.LAYOUT})")
+
+    def classes(self):
+        return [{"id": i, "name": name} for i, name in enumerate(self.class_names)]
+
+    def records(self):
+        keys, out = _Keys(), []
+        loose = [e.name for e in os.scandir(self.location) if e.is_file() and not e.name.startswith(".")]
+        out += [Skip(f"{self.split}/{name}", "not inside a class folder") for name in sorted(loose)]
+        for label, name in enumerate(self.class_names):
+            for rel in _files(self.location / name):
+                out.append(Record(keys(f"{name}/{_stem(rel)}"), f"{self.split}/{name}/{rel}", label=label))
+        return out
+
+
+class ADE20KReader(Reader):
+    """ADEChallengeData2016: images/<split>/*.jpg + annotations/<split>/<stem>.png (0 = unlabelled).
+
+    `root` is the folder holding ADEChallengeData2016/ or that folder itself. Class ids are the
+    annotation values (1..150 for real ADE20K), names from objectInfo150.txt (first synonym).
+    """
+
+    fmt = "ade20k"
+    LAYOUT = "ADEChallengeData2016/{images,annotations}/<split>/"
+
+    def __init__(self, root, split, resize_short_side=None):
+        super().__init__(root, split, resize_short_side)
+        nested = self.root / "ADEChallengeData2016"
+        self.base = "ADEChallengeData2016/" if nested.is_dir() else ""
+        self.location = self.root / self.base / "images" / split
+        if not self.location.is_dir():
+            raise SourceError(f"ade20k: {self.location} is not a folder; root must hold {self.LAYOUT} "
+                              f"or be the ADEChallengeData2016 folder itself (split {split!r})")
+
+    def _annotations(self) -> Path:
+        return self.root / self.base / "annotations" / self.split
+
+    def records(self):
+        ann_dir = self._annotations()
+        annotations = set(_files(ann_dir)) if ann_dir.is_dir() else set()
+        keys, out = _Keys(), []
+        for rel in _files(self.location):
+            source = f"{self.base}images/{self.split}/{rel}"
+            ann = f"{_stem(rel)}.png"
+            if ann not in annotations:
+                out.append(Skip(source, f"no annotation {self.base}annotations/{self.split}/{ann}"))
+            else:
+                out.append(Record(keys(_stem(rel)), source, seg=f"{self.base}annotations/{self.split}/{ann}"))
+        return out
+
+    def classes(self):
+        for info in (self.root / self.base / "objectInfo150.txt", self.root / "objectInfo150.txt"):
+            if info.is_file():
+                return read_object_info(info)
+        return self._classes_from_annotations()
+
+    def _classes_from_annotations(self) -> list[dict]:
+        """No objectInfo150.txt: every non-zero value found in the split's annotations, named class_<id>."""
+        seen: set[int] = set()
+        for r in self.records():
+            if isinstance(r, Record):
+                try:
+                    with Image.open(self.root / r.seg) as im:
+                        seen.update(int(v) for v in np.unique(np.asarray(im)))
+                except Exception:  # a broken annotation is reported when its sample is built
+                    continue
+        return [{"id": v, "name": f"class_{v}"} for v in sorted(seen - {0})]
+
+
+def read_object_info(path: str | Path) -> list[dict]:
+    """ADE20K objectInfo150.txt (header `Idx Ratio Train Val Name`, tab-separated) -> [{id, name}].
+
+    The name column holds synonyms (`person;individual;...` or `building, edifice`): keep the first.
+    """
+    out = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        cols = line.split("\t") if "\t" in line else line.split(None, 4)
+        if not line.strip() or not cols[0].strip().isdigit():  # the header, blank lines
+            continue
+        if len(cols) < 5:
+            raise SourceError(f"{path}:{n}: expected 5 columns (Idx Ratio Train Val Name), got {line!r}")
+        name = re.split(r"[;,]", cols[4])[0].strip()
+        out.append({"id": int(cols[0]), "name": name})
+    if not out:
+        raise SourceError(f"{path}: no class lines (expected `Idx Ratio Train Val Name` rows)")
+    return sorted(out, key=lambda c: c["id"])
+
+
+class COCOReader(Reader):
+    """<root>/<split>/ images + <root>/annotations/instances_<split>.json; one sample per image.
+
+    The `json` field holds {"image": <image record>, "annotations": [<its annotations>]} with the
+    original (non-contiguous) category ids; images without annotations are kept with [].
+    """
+
+    fmt = "coco"
+
+    def __init__(self, root, split, resize_short_side=None):
+        super().__init__(root, split, resize_short_side)
+        if resize_short_side is not None:
+            raise SourceError("coco: resize_short_side is not supported (boxes and polygons are in the "
+                              "original pixel coordinates); set datasets.<name>.resize_short_side: null")
+        self.location = self.root / split
+        self.annotation_file = self.root / "annotations" / f"instances_{split}.json"
+        for path in (self.location, self.annotation_file):
+            if not path.exists():
+                raise SourceError(f"coco: {path} not found (layout <root>/<split>/ + "
+                                  f"<root>/annotations/instances_<split>.json, split {split!r})")
+        self._data: dict | None = None
+
+    def _load(self) -> dict:
+        if self._data is None:
+            try:
+                self._data = json.loads(self.annotation_file.read_text())
+            except json.JSONDecodeError as e:
+                raise SourceError(f"coco: {self.annotation_file} is not valid JSON: {e}") from e
+            missing = {"images", "categories"} - set(self._data)
+            if missing:
+                raise SourceError(f"coco: {self.annotation_file} has no {sorted(missing)} "
+                                  "(not a COCO instances file)")
+        return self._data
+
+    def classes(self):
+        return [dict(c) for c in sorted(self._load()["categories"], key=lambda c: c["id"])]
+
+    def records(self):
+        data = self._load()
+        per_image: dict[int, list[dict]] = {}
+        for ann in sorted(data.get("annotations", []), key=lambda a: a["id"]):
+            per_image.setdefault(ann["image_id"], []).append(ann)
+        keys, out = _Keys(), []
+        for image in sorted(data["images"], key=lambda im: (im["file_name"], im["id"])):
+            doc = {"image": image, "annotations": per_image.get(image["id"], [])}
+            blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+            source = f"{self.split}/{image['file_name']}"
+            out.append(Record(keys(_stem(image["file_name"])), source, json=blob))
+        return out
+
+
+class FashionMNISTReader(Reader):
+    """The four IDX .gz files; each image zero-padded 28 -> 32 px and stored as a grey PNG."""
+
+    fmt = "fashion-mnist"
+
+    def __init__(self, root, split, resize_short_side=None):
+        if split not in fashion_mnist.SPLITS:
+            raise SourceError(f"fashion-mnist: split must be one of {sorted(fashion_mnist.SPLITS)}, "
+                              f"got {split!r}")
+        super().__init__(fashion_mnist.find_root(root or None), split, resize_short_side)
+
+    def classes(self):
+        return [{"id": i, "name": name} for i, name in enumerate(fashion_mnist.CLASS_NAMES)]
+
+    def records(self):
+        images, labels = fashion_mnist.load(self.root, self.split)
+        file = f"{fashion_mnist.SPLITS[self.split]}-images-idx3-ubyte.gz"
+        return [Record(f"{self.split}_{i:06d}", f"{file}:{i}", label=int(labels[i]), pixels=images[i])
+                for i in range(len(images))]
+
+
+READERS: dict[str, type[Reader]] = {"imagefolder": ImageFolderReader, "ade20k": ADE20KReader,
+                                    "coco": COCOReader, "fashion-mnist": FashionMNISTReader}
+
+
+def open_reader(fmt: str, root: str | Path | None, split: str, *,
+                resize_short_side: int | None = None) -> Reader:
+    """The reader of `fmt` for one source split (e.g. open_reader("ade20k", root, "training"))."""
+    _check_format(fmt)
+    if not root and fmt != "fashion-mnist":
+        raise SourceError(f"{fmt}: a root folder is needed (datasets.<name>.root)")
+    return READERS[fmt](root, split, resize_short_side)

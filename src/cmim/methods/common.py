@@ -1,0 +1,87 @@
+"""The thin shared part of every method: options from the config, input preparation, AdamW groups.
+
+Why thin: each method file reads top to bottom on its own (STYLE 1-2); only what would otherwise
+be copied four times lives here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from cmim.data.augment import AugmentOptions, normalize, to_unit
+
+T = TypeVar("T")
+
+# Parameter names (last component) that never get weight decay, whatever their shape (MAE / timm).
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token", "reg_token", "dist_token")
+
+
+def options_from(cls: type[T], d: dict, method: str) -> T:
+    """Build a frozen options dataclass from the config block; unknown keys fail with the valid ones."""
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown {method} option(s) {unknown}; valid options: {valid}")
+    return cls(**d)
+
+
+def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay on >= 2-D weights; none on biases, norms, 1-D parameters and
+    pos/cls/mask tokens; frozen parameters (fixed positions, EMA targets) are left out."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name.endswith(".bias") or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Method(nn.Module):
+    """Base of the four methods: reads the shared parts of the resolved run dict."""
+
+    def __init__(self, run: dict) -> None:
+        super().__init__()
+        spec = run["encoder"]
+        self.patch_size = spec["patch_size"]
+        self.image_size = spec["img_size"]
+        self.grid = self.image_size // self.patch_size
+        self.mean = tuple(run["data"]["mean"])
+        self.std = tuple(run["data"]["std"])
+        self.aug = AugmentOptions.from_config(run.get("augment", {}))
+
+    def views(self, batch: dict) -> Tensor:
+        """uint8 [B, V, 3, S, S] -> float [V*B, 3, S, S] in [0, 1], view-major (view 0 first)."""
+        images = batch["images"]
+        b, v = images.shape[:2]
+        return to_unit(images.transpose(0, 1).reshape(v * b, *images.shape[2:]))
+
+    def normalize(self, x: Tensor) -> Tensor:
+        return normalize(x, self.mean, self.std)
+
+    def parameter_groups(self, weight_decay: float) -> list[dict]:
+        return parameter_groups(self, weight_decay)
+
+    def after_step(self, progress: float) -> None:
+        """Called after every optimiser step with progress = step / total_steps (no-op by default)."""
+
+    @staticmethod
+    def with_total(terms: dict[str, Tensor], total: Tensor) -> dict[str, Tensor]:
+        return {**terms, "total": total}
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device

@@ -1,0 +1,35 @@
+"""Shared fixtures: small real Fashion-MNIST shards, tiny resolved runs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/tiny.py and helper modules
+
+from tiny import tiny_config  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def fmnist_shards(tmp_path_factory) -> dict[str, Path]:
+    """600 train / 200 val Fashion-MNIST images as shards (the real Debian files, sharded once per session)."""
+    from cmim.data.shard import shard_split
+
+    root = tmp_path_factory.mktemp("fmnist_shards")
+    out = {}
+    for split, source, n in (("train", "train", 600), ("val", "t10k", 200)):
+        shard_split("fashion-mnist", None, "fmnist", split, source, root / split, max_samples=n,
+                    shard_max_count=250, log=lambda m: None)
+        out[split] = root / split / "manifest.json"
+    return out
+
+
+def tiny_run(method: str = "mae", **overrides) -> dict:
+    """A resolved tiny run (32 px, patch 8, 2 blocks of width 64) on the 600-image fmnist split."""
+    from cmim.config import deep_merge, resolve_run, validate
+
+    cfg = tiny_config(methods=(method,))
+    cfg["runs"][method] = deep_merge(cfg["runs"][method], overrides)
+    return resolve_run(validate(cfg), method)

@@ -1,0 +1,70 @@
+"""The DAG, run for real at tiny size: lint, dry run, a full run, and a second run that does nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cmim import workflow as W
+from cmim.config import validate
+from tiny import ROOT, tiny_config, write_config
+
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in (workdir / "results" / "logs").rglob("*.log"))
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stderr[-4000:]}\n{logs}")
+    return result
+
+
+def test_lint_is_clean():
+    result = subprocess.run([SNAKEMAKE, "--lint"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dry_run_lists_every_stage(tmp_path):
+    write_config(tmp_path / "config.yaml", tiny_config())
+    out = snakemake(tmp_path, "-n").stdout
+    for rule in ("demo_data", "shard", "run_config", "pretrain", "linear_probe", "probe_table", "loss_figure"):
+        assert f"rule {rule}:" in out or f"{rule} " in out, rule
+
+
+def test_pretrain_resources_follow_the_launch_block():
+    cfg = validate(tiny_config(launcher="local", gpus_per_node=4, cpus_per_task=6, partition="gpu", mem_gb=64))
+    assert W.pretrain_resources(cfg) == {"runtime": 4320, "cpus_per_task": 24, "gpu": 4, "mem_mb": 65536,
+                                         "slurm_partition": "gpu"}
+    assert W.pretrain_threads(cfg) == 24
+    assert not W.pretrain_is_local_rule(cfg)
+    assert W.pretrain_is_local_rule(validate(tiny_config(launcher="slurm")))
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_runs_end_to_end_and_then_has_nothing_to_do(tmp_path):
+    write_config(tmp_path / "config.yaml", tiny_config())
+    snakemake(tmp_path)
+    res = tmp_path / "results"
+    manifest = json.loads((res / "shards/fmnist/train/manifest.json").read_text())
+    assert manifest["num_samples"] == 600 and len(manifest["shards"]) == 3
+    assert (res / "demo/scenes_ade/ADEChallengeData2016/objectInfo150.txt").exists()
+    assert (res / "demo/scenes_coco/coco/annotations/instances_val2017.json").exists()
+    summary = json.loads((res / "pretrain/mae/summary.json").read_text())
+    assert summary["steps"] == 12 and summary["images_seen"] == 768
+    assert (res / "pretrain/mae/epochs/ckpt-1.pt").exists() and (res / "pretrain/mae/epochs/ckpt-2.pt").exists()
+    rows = [json.loads(line) for line in (res / "pretrain/mae/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(2, 13, 2))
+    table = pd.read_csv(res / "tables/linear_probe.csv")
+    assert list(table["run"]) == ["mae", "random_init", "raw_pixels"]
+    assert table["top-1"].between(10, 100).all()  # above chance (10 classes) and a real percentage
+    assert (res / "figures/pretrain_loss.png").stat().st_size > 10_000
+    second = snakemake(tmp_path, "-n")
+    assert "Nothing to be done" in second.stdout + second.stderr
