@@ -1,6 +1,6 @@
 """Where training runs: one launcher for every topology, all through submitit (DESIGN section 4).
 
-- inprocess: submitit's debug executor, this process (tests, debugging);
+- inprocess: the job callable in this process (tests, debugging, the demo);
 - local: submitit's local executor, N processes with DDP on this machine;
 - slurm: a SLURM job (nodes x tasks), requeued on preemption/timeout, waited for here (so the
   Snakemake rule that calls it is a localrule running on the login node).
@@ -53,7 +53,7 @@ def tasks_per_node(launch: dict) -> int:
 
 def make_executor(launch: dict, folder: Path, name: str) -> submitit.Executor:
     kind = launch["launcher"]
-    cluster = {"inprocess": "debug", "local": "local", "slurm": "slurm"}[kind]
+    cluster = {"local": "local", "slurm": "slurm"}[kind]
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster,
                                      slurm_max_num_timeout=launch["max_requeues"])
     params = dict(name=name, timeout_min=launch["timeout_min"], tasks_per_node=tasks_per_node(launch),
@@ -99,10 +99,12 @@ def _relay(job: submitit.Job, offset: int, log) -> int:
 def launch_pretrain(run_config: Path, manifest: Path, out_dir: Path, launch: dict, run_id: str, log=print) -> dict:
     """Run the training job on the configured launcher and wait for it; raise with the job's log on failure."""
     job_fn = PretrainJob(str(run_config), str(manifest), str(out_dir))
+    if launch["launcher"] == "inprocess":
+        # The same callable, called here. Not through submitit's debug executor: that one opens
+        # pdb on any exception, which would hang a pipeline job waiting on stdin.
+        return job_fn()
     folder = RunFiles(Path(out_dir)).submitit
     executor = make_executor(launch, folder.resolve(), name=f"cmim-{run_id}")
-    if launch["launcher"] == "inprocess":
-        return executor.submit(job_fn).result()  # runs here, in this process
     with submitit.helpers.clean_env():  # never inherit an outer job's SLURM/torch.distributed variables
         job = executor.submit(job_fn)
     log(f"[launch] {launch['launcher']} job {job.job_id} for run {run_id}; logs in {folder}")

@@ -26,6 +26,7 @@ INPROCESS = {"launcher": "inprocess", "nodes": 1, "gpus_per_node": 0, "tasks_per
 
 
 def write_run(tmp_path: Path, run: dict) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(run))
     return path

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 from typing import TypeVar
 
-import torch
 from torch import Tensor, nn
 
 from cmim.data.augment import AugmentOptions, normalize, to_unit
@@ -72,16 +71,8 @@ class Method(nn.Module):
     def after_step(self, progress: float) -> None:
         """Called after every optimiser step with progress = step / total_steps (no-op by default)."""
 
-    @staticmethod
-    def with_total(terms: dict[str, Tensor], total: Tensor) -> dict[str, Tensor]:
-        return {**terms, "total": total}
-
 
 def freeze(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         p.requires_grad_(False)
     return module
-
-
-def device_of(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device

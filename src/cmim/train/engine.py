@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.flop_counter import FlopCounterMode
 
 from cmim import io
 from cmim.config import BASELINE_METHODS, config_hash
@@ -139,8 +140,9 @@ class Pretrainer:
     def _build(self, plan: Plan) -> None:
         method = self.method
         if self.env.world_size > 1:
-            method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
-            self.method = method
+            if self.env.device.type == "cuda":  # SyncBatchNorm is CUDA-only; gloo CPU runs keep per-rank BN
+                method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+                self.method = method
             model = DistributedDataParallel(method, device_ids=[self.env.device.index] if self.env.device.type == "cuda"
                                             else None)
         else:
@@ -177,7 +179,7 @@ class Pretrainer:
             sync = micro == accum - 1 or self.env.world_size == 1
             no_sync = contextlib.nullcontext() if sync else self.model.no_sync()
             count = step == 0 and micro == 0 and self.env.is_main and self.run["compile"] == "off"
-            counter = torch.utils.flop_counter.FlopCounterMode(display=False) if count else contextlib.nullcontext()
+            counter = FlopCounterMode(display=False) if count else contextlib.nullcontext()
             with no_sync, counter:
                 with torch.autocast(self.env.device.type, dtype=self.amp, enabled=self.amp is not None):
                     out = self.model(batch)
