@@ -1,5 +1,8 @@
 # cmim: shard -> pretrain -> evaluate -> report (DESIGN.md section 2).
 # `snakemake` runs the demo study in config.yaml; pass --configfile for another study.
+import os
+import sys
+
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
@@ -7,6 +10,16 @@ from cmim import workflow as W
 from cmim.config import ConfigError
 
 min_version("9.0")
+
+
+envvars:
+    "PATH",
+
+
+# Rules run `python -m cmim ...`: the interpreter running Snakemake (the project's venv) comes
+# first on the jobs' PATH, so `.venv/bin/snakemake` works without activating the venv. With
+# --sdm conda, each rule's env is activated in front of it.
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
 
 # A study given with --configfile replaces the demo config instead of merging into it

@@ -11,6 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/tiny.py and he
 
 from tiny import tiny_config  # noqa: E402
 
+pytest_plugins = ["slurm_cluster"]  # the session-scoped local SLURM cluster (tests/slurm_cluster.py)
+
 
 @pytest.fixture(scope="session")
 def fmnist_shards(tmp_path_factory) -> dict[str, Path]:

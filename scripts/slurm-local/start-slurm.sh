@@ -48,24 +48,37 @@ T_START=$EPOCHREALTIME
 
 say() { printf '[start-slurm %5.1fs] %s\n' "$(elapsed)" "$*"; }
 elapsed() { awk -v a="$T_START" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
-# fail MESSAGE [LOGFILE...]: print the error and the tail of each log, exit 1
+# fail MESSAGE [LOGFILE...]: print the error, then the error lines and the tail of each log; exit 1
 fail() {
     local msg=$1; shift
     echo "[start-slurm] ERROR: $msg" >&2
     local f
     for f in "$@"; do
         [ -s "$f" ] || continue
-        echo "----- last lines of $f -----" >&2
-        tail -n 25 "$f" >&2
+        echo "----- $f: last error lines -----" >&2
+        grep -E 'error|fatal|ERROR|FATAL|\[ERROR\]' "$f" | grep -v 'pmix\|PMIx\|MPI: Cannot create' | tail -n 6 >&2 || true
+        echo "----- $f: last lines -----" >&2
+        tail -n 8 "$f" >&2 || true
     done
     exit 1
 }
 
-# until_ok SECONDS WHAT LOG COMMAND...: poll COMMAND every 0.2 s; on timeout fail with LOG's tail
+watched_gone() {
+    if [ -n "${WATCH_PID:-}" ]; then ! kill -0 "$WATCH_PID" 2>/dev/null
+    elif [ -n "${WATCH:-}" ]; then ! our_pid "$WATCH" >/dev/null
+    else false; fi
+}
+
+# until_ok SECONDS WHAT LOG COMMAND...: poll COMMAND every 0.2 s; on timeout fail with LOG's tail.
+# With WATCH=NAME set, also fail as soon as our NAME process (or WATCH_PID, if set) is gone: a daemon
+# that died during start-up is reported at once.
 until_ok() {
     local limit=$1 what=$2 log=$3; shift 3
     local deadline=$((SECONDS + limit))
     while ! "$@" >/dev/null 2>&1; do
+        if watched_gone; then
+            fail "$WATCH exited during start-up (log: $log)" "$log"
+        fi
         if [ "$SECONDS" -ge "$deadline" ]; then
             fail "$what not ready after ${limit}s (log: $log)" "$log"
         fi
@@ -110,10 +123,10 @@ install_packages() {
         chmod 0755 /usr/sbin/policy-rc.d
         made_policy=1
     fi
-    local rc=0
+    local rc=0 apt=(apt-get -q -o DPkg::Lock::Timeout=300)   # wait for another apt/dpkg to finish
     {
-        DEBIAN_FRONTEND=noninteractive apt-get update -q &&
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        DEBIAN_FRONTEND=noninteractive "${apt[@]}" update &&
+        DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y --no-install-recommends \
             -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${missing[@]}"
     } > "$LOGS/apt.log" 2>&1 || rc=$?
     [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
@@ -247,14 +260,11 @@ StoragePass=slurm
 StorageLoc=slurm_acct_db
 EOF
 
-    cat > "$out/env.sh" <<EOF
-# source me: the local SLURM cluster started by cmim scripts/slurm-local/start-slurm.sh
-export SLURM_CONF=$DIR/slurm.conf
-export CMIM_SLURM_DIR=$DIR
-export CMIM_SLURM_PARTITION=$PARTITION
-export CMIM_SLURM_ACCOUNT=$ACCOUNT
-export CMIM_SLURM_GPUS=$GPUS
-EOF
+    {
+        echo "# source me: the local SLURM cluster started by cmim scripts/slurm-local/start-slurm.sh"
+        printf 'export %s=%q\n' SLURM_CONF "$DIR/slurm.conf" CMIM_SLURM_DIR "$DIR" \
+            CMIM_SLURM_PARTITION "$PARTITION" CMIM_SLURM_ACCOUNT "$ACCOUNT" CMIM_SLURM_GPUS "$GPUS"
+    } > "$out/env.sh"
 }
 
 install_configs() {
@@ -263,7 +273,7 @@ install_configs() {
     render_configs "$tmp"
     for f in slurm.conf gres.conf slurmdbd.conf env.sh; do
         if ! cmp -s "$tmp/$f" "$DIR/$f"; then
-            changed=1
+            [ "$f" = env.sh ] || changed=1
             mv -f "$tmp/$f" "$DIR/$f"
         fi
     done
@@ -300,13 +310,15 @@ start_mariadb() {
                 --auth-root-authentication-method=socket > "$LOGS/mariadb-install.log" 2>&1 \
                 || fail "mariadb-install-db failed" "$LOGS/mariadb-install.log"
         fi
+        [ -s "$LOGS/mariadbd.log" ] && mv -f "$LOGS/mariadbd.log" "$LOGS/mariadbd.log.1"
         # setsid + closed stdio: the daemon must not hold the caller's pipes (pytest's subprocess.run)
         setsid /usr/sbin/mariadbd --no-defaults --user=root --datadir="$DIR/mysql" \
             --bind-address=127.0.0.1 --port="$DB_PORT" --socket="$DB_SOCK" --pid-file="$RUN/mariadbd.pid" \
             --log-error="$LOGS/mariadbd.log" --skip-name-resolve --skip-log-bin --performance-schema=OFF \
             --innodb-buffer-pool-size=64M --innodb-lock-wait-timeout=900 \
             </dev/null >/dev/null 2>&1 &
-        until_ok "$WAIT" mariadbd "$LOGS/mariadbd.log" mariadb-admin --no-defaults --socket="$DB_SOCK" ping
+        WATCH_PID=$! WATCH=mariadbd until_ok "$WAIT" mariadbd "$LOGS/mariadbd.log" \
+            mariadb-admin --no-defaults --socket="$DB_SOCK" ping
         until_ok 10 "mariadbd pid file" "$LOGS/mariadbd.log" our_pid mariadbd
         say "mariadbd started (pid $(our_pid mariadbd), 127.0.0.1:$DB_PORT)"
     fi
@@ -324,10 +336,11 @@ start_slurm_daemon() {
     if pid="$(our_pid "$name")"; then say "$name is running (pid $pid)"; return 0; fi
     refuse_foreign "$name"
     rm -f "$RUN/$name.pid"
+    [ -s "$LOGS/$name.log" ] && mv -f "$LOGS/$name.log" "$LOGS/$name.log.1"   # keep one earlier run
     "/usr/sbin/$name" </dev/null >> "$LOGS/$name.out" 2>&1 \
         || fail "$name exited with status $? at start (log: $LOGS/$name.log)" "$LOGS/$name.out" "$LOGS/$name.log"
     until_ok 10 "$name pid file" "$LOGS/$name.log" our_pid "$name"
-    until_ok "$WAIT" "$name" "$LOGS/$name.log" "$@"
+    WATCH=$name until_ok "$WAIT" "$name" "$LOGS/$name.log" "$@"
     say "$name started (pid $(our_pid "$name"))"
 }
 
@@ -382,7 +395,7 @@ start_slurm_daemon slurmctld ctld_up
 SLURMD_SINCE=$(date +%s)
 our_pid slurmd >/dev/null && SLURMD_SINCE=0
 start_slurm_daemon slurmd true
-until_ok "$WAIT" "node $HOST (registration, state idle)" "$LOGS/slurmd.log" node_ready
+WATCH=slurmd until_ok "$WAIT" "node $HOST (registration, state idle)" "$LOGS/slurmd.log" node_ready
 ensure_account
 
 say "ready: node $HOST is $(sinfo -h -n "$HOST" -o %T), partition '$PARTITION', account '$ACCOUNT', $GPUS fake GPUs"

@@ -82,7 +82,8 @@ def cmd_shard(args) -> int:
     from cmim.data.shard import shard_split
 
     opts = _json(args.options)
-    shard_split(args.format, args.root, args.dataset, args.split, args.source_split, Path(args.out_dir),
+    root = None if args.root in ("", "auto") else args.root
+    shard_split(args.format, root, args.dataset, args.split, args.source_split, Path(args.out_dir),
                 max_samples=opts.get("max_samples"), shard_max_count=opts["shard_max_count"],
                 shard_max_bytes=opts["shard_max_bytes"], max_bad_fraction=opts["max_bad_fraction"],
                 resize_short_side=opts.get("resize_short_side"), seed=opts.get("seed", 0), log=log)

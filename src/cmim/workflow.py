@@ -48,7 +48,7 @@ def source_root(cfg: dict, dataset: str) -> str:
     ds = cfg["datasets"][dataset]
     if is_demo(cfg, dataset):
         return str(paths.demo_root(dataset))
-    return ds["root"] or ""  # "" lets fashion-mnist search its default locations
+    return ds["root"] or "auto"  # fashion-mnist then searches its default locations
 
 
 def shard_inputs(cfg: dict, dataset: str) -> list[str]:

@@ -1,0 +1,123 @@
+"""The local SLURM cluster (scripts/slurm-local) does what cmim's SLURM paths need: batch jobs with
+accounting (sacct), fake GPUs through gres, submitit multi-task jobs with torch.distributed, and
+submitit's checkpoint/requeue on preemption."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import submitit
+
+from slurm_jobs import CountWithCheckpoint, all_reduce_ranks
+
+pytestmark = pytest.mark.slurm
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def _sbatch(cluster: dict, out: Path, wrap: str, *options: str) -> str:
+    r = subprocess.run(["sbatch", "--parsable", "-p", cluster["partition"], "-A", cluster["account"],
+                        "-o", str(out), *options, "--wrap", wrap], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip().split(";")[0]
+
+
+def _sacct(job_id: str, until: set[str], timeout: float = 30) -> dict[str, str]:
+    """The job's accounting record once its state is one of `until` (polls sacct)."""
+    fields = ["State", "Account", "ExitCode", "AllocTRES"]
+    deadline = time.monotonic() + timeout
+    while True:
+        r = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "--format=" + ",".join(fields)],
+                           capture_output=True, text=True)
+        rows = [line.split("|") for line in r.stdout.splitlines() if line.strip()]
+        record = dict(zip(fields, rows[-1])) if rows else {}
+        if record.get("State") in until:
+            return record
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} not in {until} after {timeout}s: {record or r.stderr}")
+        time.sleep(0.2)
+
+
+def _executor(cluster: dict, folder: Path, **params) -> submitit.AutoExecutor:
+    ex = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
+    ex.update_parameters(
+        timeout_min=60,   # >= 50: an early USR2 counts as preemption in submitit's timeout heuristic
+        slurm_partition=cluster["partition"],
+        slurm_account=cluster["account"],
+        # submitit pickles the callables by reference: the job's python must find tests/slurm_jobs.py
+        slurm_setup=[f"export PYTHONPATH={TESTS_DIR}${{PYTHONPATH:+:$PYTHONPATH}}"],
+        **params,
+    )
+    return ex
+
+
+def _wait(job: submitit.Job, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not job.done():
+        if time.monotonic() > deadline:
+            job.cancel(check=False)
+            raise AssertionError(f"submitit job {job.job_id} not done after {timeout}s; "
+                                 f"state {job.state}\n{job.stderr() or ''}"[-4000:])
+        time.sleep(0.2)
+
+
+def test_sbatch_job_completes_and_is_accounted(slurm_cluster, tmp_path):
+    out = tmp_path / "hello.out"
+    job_id = _sbatch(slurm_cluster, out, "echo hello from $SLURM_JOB_ID")
+    record = _sacct(job_id, until={"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"})
+    assert record["State"] == "COMPLETED", record
+    assert record["ExitCode"] == "0:0"
+    assert record["Account"] == slurm_cluster["account"]
+    assert out.read_text().strip() == f"hello from {job_id}"
+
+
+def test_gres_gpu_job_sees_cuda_visible_devices(slurm_cluster, tmp_path):
+    out = tmp_path / "gpu.out"
+    job_id = _sbatch(slurm_cluster, out, "echo CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES", "--gres=gpu:1")
+    record = _sacct(job_id, until={"COMPLETED", "FAILED", "CANCELLED"})
+    assert record["State"] == "COMPLETED", record
+    assert "gres/gpu=1" in record["AllocTRES"]
+    assert out.read_text().strip() == "CUDA_VISIBLE_DEVICES=0"
+    # the node has exactly slurm_cluster["gpus"] of them
+    too_many = subprocess.run(["sbatch", f"--gres=gpu:{slurm_cluster['gpus'] + 1}", "--wrap", "true"],
+                              capture_output=True, text=True)
+    assert too_many.returncode != 0 and "node configuration is not available" in too_many.stderr
+
+
+def test_submitit_two_tasks_torch_distributed(slurm_cluster, tmp_path):
+    ex = _executor(slurm_cluster, tmp_path / "submitit", nodes=1, tasks_per_node=2, cpus_per_task=1)
+    job = ex.submit(all_reduce_ranks)
+    _wait(job, timeout=120)
+    results = sorted(job.results(), key=lambda r: r["rank"])
+    assert [r["rank"] for r in results] == [0, 1]
+    assert all(r["world_size"] == 2 and r["sum"] == 3.0 for r in results), results
+    # MASTER_ADDR is the node name, which must resolve (start-slurm.sh fixes /etc/hosts if needed)
+    assert results[0]["master_addr"] == socket.gethostname().split(".")[0]
+
+
+def test_submitit_checkpointable_requeued_after_interrupt(slurm_cluster, tmp_path):
+    ckpt = tmp_path / "count.json"
+    ex = _executor(slurm_cluster, tmp_path / "submitit")
+    job = ex.submit(CountWithCheckpoint(), str(ckpt), 6, 0.5)
+
+    deadline = time.monotonic() + 60   # wait until the first run has made some progress
+    while not (ckpt.exists() and json.loads(ckpt.read_text())["step"] >= 2):
+        assert time.monotonic() < deadline, f"no progress after 60s: {ckpt.exists() and ckpt.read_text()}"
+        assert not job.done(), job.stderr()
+        time.sleep(0.1)
+    job._interrupt()   # SIGTERM + USR2 as on preemption: submitit checkpoints and requeues the job
+
+    _wait(job, timeout=120)
+    state = job.result()
+    assert state["step"] == 6
+    first, *restarts = state["starts"]
+    assert first == [0, 0]
+    assert len(restarts) == 1, state
+    restart_count, resumed_at = restarts[0]
+    assert restart_count == 1            # SLURM_RESTART_COUNT of the requeued run
+    assert resumed_at >= 2               # resumed from the checkpoint file, not from scratch
