@@ -83,7 +83,7 @@ def test_run_defaults_sit_between_schema_defaults_and_the_run():
     assert run["epochs"] == 2              # the run's own
     assert run["weight_decay"] == 0.05     # schema default
     assert run["method_options"]["mask_ratio"] == 0.75
-    assert run["encoder"] == {"embed_dim": 192, "depth": 6, "num_heads": 3, "patch_size": 4, "img_size": 32}
+    assert run["encoder"] == {"embed_dim": 128, "depth": 4, "num_heads": 4, "patch_size": 4, "img_size": 32}
     assert C.resolve_run(cfg, "random_init")["epochs"] == 0  # baselines are never trained
 
 

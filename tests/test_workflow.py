@@ -68,3 +68,21 @@ def test_tiny_pipeline_runs_end_to_end_and_then_has_nothing_to_do(tmp_path):
     assert (res / "figures/pretrain_loss.png").stat().st_size > 10_000
     second = snakemake(tmp_path, "-n")
     assert "Nothing to be done" in second.stdout + second.stderr
+
+
+def test_slurm_profile_dry_run_on_the_paper_config_shows_pretrain_resources(tmp_path):
+    """profiles/slurm + workflow/configs/paper.yaml: every pretrain job asks for one 8-GPU node."""
+    result = subprocess.run([SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+                             "--profile", str(ROOT / "profiles" / "slurm"),
+                             "--configfile", str(ROOT / "workflow" / "configs" / "paper.yaml"), "-n"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    blocks = [b for b in out.split("\n\n") if "\nrule pretrain:" in "\n" + b]
+    assert len(blocks) == 22
+    for block in blocks:
+        resources = next(line for line in block.splitlines() if line.strip().startswith("resources:"))
+        for expected in ("gpu=8", "cpus_per_task=96", "mem_mb=491520", "runtime=4320"):
+            assert expected in resources, resources
+    shard = next(b for b in out.split("\n\n") if "\nrule shard:" in "\n" + b)
+    assert "threads: 8" in shard or "runtime=120" in shard

@@ -11,6 +11,7 @@ import copy
 import difflib
 import hashlib
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -154,12 +155,15 @@ def _explain(error: jsonschema.ValidationError, root: dict) -> list[str]:
     where = _key_path(error.absolute_path)
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = _allowed_keys(error, root)
+        patterns = _resolve(error.schema, root).get("patternProperties", {}) if isinstance(error.schema, dict) else {}
         lines = []
-        for key in sorted(set(error.instance) - set(allowed)):
+        unknown = [k for k in set(error.instance) - set(allowed) if not any(re.search(p, k) for p in patterns)]
+        for key in sorted(unknown):
             hint = difflib.get_close_matches(str(key), allowed, n=1)
             did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
             full = f"{where}.{key}" if error.absolute_path else str(key)
-            lines.append(f"{full}: unknown key{did_you_mean}; allowed here: {', '.join(allowed)}")
+            extension = " or x-<name> for YAML anchors" if not error.absolute_path else ""
+            lines.append(f"{full}: unknown key{did_you_mean}; allowed here: {', '.join(allowed)}{extension}")
         return lines
     if error.validator == "enum":
         options = [str(o) for o in error.validator_value]

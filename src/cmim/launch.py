@@ -88,6 +88,8 @@ def _relay(job: submitit.Job, offset: int, log) -> int:
     path = job.paths.stdout
     if not Path(path).exists():
         return offset
+    if Path(path).stat().st_size < offset:  # a requeued SLURM job may start a fresh log
+        offset = 0
     with open(path, "rb") as f:
         f.seek(offset)
         chunk = f.read()
@@ -96,22 +98,32 @@ def _relay(job: submitit.Job, offset: int, log) -> int:
     return offset + len(chunk)
 
 
-def launch_pretrain(run_config: Path, manifest: Path, out_dir: Path, launch: dict, run_id: str, log=print) -> dict:
-    """Run the training job on the configured launcher and wait for it; raise with the job's log on failure."""
-    job_fn = PretrainJob(str(run_config), str(manifest), str(out_dir))
-    if launch["launcher"] == "inprocess":
-        # The same callable, called here. Not through submitit's debug executor: that one opens
-        # pdb on any exception, which would hang a pipeline job waiting on stdin.
-        return job_fn()
+def submit_pretrain(run_config: Path, manifest: Path, out_dir: Path, launch: dict, run_id: str,
+                    log=print) -> submitit.Job:
+    """Submit the training job to the local or SLURM executor (not for inprocess)."""
     folder = RunFiles(Path(out_dir)).submitit
     executor = make_executor(launch, folder.resolve(), name=f"cmim-{run_id}")
     with submitit.helpers.clean_env():  # never inherit an outer job's SLURM/torch.distributed variables
-        job = executor.submit(job_fn)
+        job = executor.submit(PretrainJob(str(run_config), str(manifest), str(out_dir)))
     log(f"[launch] {launch['launcher']} job {job.job_id} for run {run_id}; logs in {folder}")
+    return job
+
+
+def wait_for(job: submitit.Job, run_id: str, log=print) -> dict:
+    """Relay the job's progress until it ends (requeues included); its rank-0 result, or an error with its log."""
     try:
         _follow(job, log)
         results = job.results()
     except Exception as e:
         raise RuntimeError(f"training job {job.job_id} of run {run_id} failed: {e}\nlogs: {job.paths.stdout}") from e
     return results[0]
+
+
+def launch_pretrain(run_config: Path, manifest: Path, out_dir: Path, launch: dict, run_id: str, log=print) -> dict:
+    """Run the training job on the configured launcher and wait for it; raise with the job's log on failure."""
+    if launch["launcher"] == "inprocess":
+        # The same callable, called here. Not through submitit's debug executor: that one opens
+        # pdb on any exception, which would hang a pipeline job waiting on stdin.
+        return PretrainJob(str(run_config), str(manifest), str(out_dir))()
+    return wait_for(submit_pretrain(run_config, manifest, out_dir, launch, run_id, log), run_id, log)
 

@@ -13,6 +13,7 @@ from cmim import paths
 from cmim.config import evaluated_runs, resolve_run, validate
 
 READER_FORMAT = {"demo-ade20k": "ade20k", "demo-coco": "coco"}  # demo trees are read as the real thing
+DEMO_TREE = {"demo-ade20k": "ADEChallengeData2016", "demo-coco": "coco"}  # cmim.data.scenes.tree_root
 
 
 def load(config: dict) -> dict:
@@ -47,7 +48,7 @@ def source_root(cfg: dict, dataset: str) -> str:
     """Where the shard rule reads: the generated tree for demo data, else the configured root."""
     ds = cfg["datasets"][dataset]
     if is_demo(cfg, dataset):
-        return str(paths.demo_root(dataset))
+        return str(paths.demo_root(dataset) / DEMO_TREE[ds["format"]])
     return ds["root"] or "auto"  # fashion-mnist then searches its default locations
 
 

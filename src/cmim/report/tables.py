@@ -20,7 +20,8 @@ def probe_rows(paths: list[Path]) -> pd.DataFrame:
     rows = []
     for path in paths:
         r = io.read_json(path)
-        rows.append({"run": r["run"], "method": r["method"], "encoder": encoder_label(r.get("encoder")),
+        encoder = encoder_label(r.get("encoder")) if r["feature"] != "pixels" else "-"
+        rows.append({"run": r["run"], "method": r["method"], "encoder": encoder,
                      "pretrain epochs": r["pretrain_epochs"], "feature": r["feature"],
                      "probe": r["protocol"]["features"], "top-1": round(r["top1"], 2),
                      "top-5": round(r.get("top5", float("nan")), 2), "train": r["train_samples"],

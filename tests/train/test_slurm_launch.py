@@ -1,0 +1,82 @@
+"""Training on a real (local, single-node) SLURM cluster: submitit launcher, preemption, Snakemake's executor."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cmim.launch import submit_pretrain, wait_for
+from cmim.paths import RunFiles
+from conftest import tiny_run
+from test_engine import INPROCESS, encoder_weights, train, write_run
+from tiny import ROOT, tiny_config, write_config
+
+pytestmark = pytest.mark.slurm
+
+
+def slurm_launch(cluster: dict, **kw) -> dict:
+    return dict(INPROCESS, launcher="slurm", partition=cluster["partition"], account=cluster["account"],
+                timeout_min=60, cpus_per_task=1, **kw)
+
+
+def test_ddp_pretrain_runs_as_a_slurm_job(tmp_path, fmnist_shards, slurm_cluster):
+    run = tiny_run("mae", checkpoint_epochs=[])
+    out = tmp_path / "mae"
+    job = submit_pretrain(write_run(tmp_path, run), fmnist_shards["train"], out,
+                          slurm_launch(slurm_cluster, tasks_per_node=2), "mae", log=lambda m: None)
+    wait_for(job, "mae", log=lambda m: None)
+    summary = json.loads(RunFiles(out).summary.read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 12
+    sacct = subprocess.run(["sacct", "-j", job.job_id, "-X", "-n", "-P", "--format=State"],
+                           capture_output=True, text=True).stdout
+    assert "COMPLETED" in sacct
+
+
+def test_preempted_slurm_job_is_requeued_and_finishes_from_its_checkpoint(tmp_path, fmnist_shards, slurm_cluster):
+    run = tiny_run("mae", epochs=4, checkpoint_every_steps=100, checkpoint_epochs=[])
+    reference = train(tmp_path / "ref", fmnist_shards, run)
+    out = tmp_path / "preempted"
+    job = submit_pretrain(write_run(tmp_path, run), fmnist_shards["train"], out, slurm_launch(slurm_cluster),
+                          "mae", log=lambda m: None)
+    metrics = RunFiles(out).resume_metrics
+    deadline = time.time() + 180
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.1)  # wait until step 6 was logged: mid-run, after the first epoch's checkpoint
+    assert job.state == "RUNNING", job.state
+    job._interrupt()  # SIGTERM then USR2, as SLURM preemption: save at the step boundary, requeue
+    wait_for(job, "mae", log=lambda m: None)
+    summary = json.loads(RunFiles(out).summary.read_text())
+    assert summary["resumed_from"], "the requeued job must resume from the saved state"
+    log = Path(job.paths.stdout).read_text()
+    assert "received SIGUSR2" in log and "resuming from" in log
+    history = subprocess.run(["sacct", "-j", job.job_id, "-D", "-X", "-n", "-P", "--format=State"],
+                             capture_output=True, text=True).stdout.split()
+    assert "REQUEUED" in history and history[-1] == "COMPLETED", history
+    wa, wb = encoder_weights(reference.checkpoint), encoder_weights(RunFiles(out).checkpoint)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), "preempted + resumed must equal uninterrupted"
+
+
+def test_snakemake_slurm_profile_runs_the_pretrain_rule(tmp_path, slurm_cluster):
+    cfg = tiny_config(launcher="local", cpus_per_task=1)
+    cfg["datasets"] = {"fmnist": cfg["datasets"]["fmnist"]}
+    cfg["runs"] = {"mae": cfg["runs"]["mae"]}
+    write_config(tmp_path / "config.yaml", cfg)
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(ROOT / "Snakefile"),
+           "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"),
+           "--profile", str(ROOT / "profiles" / "slurm"), "--jobs", "2",
+           "--default-resources", f"slurm_account={slurm_cluster['account']}", "mem_mb=2000", "runtime=30",
+           "--set-threads", "shard=1", "linear_probe=1",
+           "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1",
+           "--slurm-keep-successful-logs", "results/pretrain/mae/checkpoint.pt"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    logs = "\n".join(p.read_text()[-2000:] for p in (tmp_path / "results" / "logs").rglob("*.log"))
+    assert result.returncode == 0, result.stderr[-4000:] + logs
+    assert "sbatch" in result.stderr + result.stdout or "SLURM" in result.stderr
+    summary = json.loads((tmp_path / "results/pretrain/mae/summary.json").read_text())
+    assert summary["steps"] == 12
