@@ -28,6 +28,20 @@ def fmnist_shards(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+@pytest.fixture(scope="session")
+def fmnist_probe_shards(tmp_path_factory) -> dict[str, Path]:
+    """10k train / 5k val Fashion-MNIST images: enough for a linear probe to tell encoders apart."""
+    from cmim.data.shard import shard_split
+
+    root = tmp_path_factory.mktemp("fmnist_probe")
+    out = {}
+    for split, source, n in (("train", "train", 10000), ("val", "t10k", 5000)):
+        shard_split("fashion-mnist", None, "fmnist", split, source, root / split, max_samples=n,
+                    shard_max_count=5000, log=lambda m: None)
+        out[split] = root / split / "manifest.json"
+    return out
+
+
 def tiny_run(method: str = "mae", **overrides) -> dict:
     """A resolved tiny run (32 px, patch 8, 2 blocks of width 64) on the 600-image fmnist split."""
     from cmim.config import deep_merge, resolve_run, validate

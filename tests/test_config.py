@@ -120,3 +120,13 @@ def test_a_typo_fails_fast_naming_the_key(tmp_path, tool):
     assert "run_defaults.epocs" in result.stderr + result.stdout
     assert "did you mean 'epochs'" in result.stderr + result.stdout
     assert elapsed < 5, f"{tool} took {elapsed:.1f}s to reject a typo"
+
+
+def test_exponent_floats_are_numbers_and_text_exponents_get_a_hint(tmp_path):
+    path = tmp_path / "c.yaml"
+    raw = demo()
+    path.write_text(yaml.safe_dump(raw).replace("base_lr: 0.001", "base_lr: 1e-3"))
+    assert "base_lr: 1e-3" in path.read_text()
+    assert C.resolve_run(C.load_config([path]), "mae")["base_lr"] == 1e-3
+    raw["run_defaults"]["base_lr"] = "1e-3"  # what Snakemake's own YAML loader hands over
+    assert "write it with a dot" in errors_of(raw)

@@ -43,6 +43,21 @@ class ConfigError(ValueError):
     """A config problem, with the key path and what to do about it."""
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads 1e-3 / 2E5 as floats (YAML 1.2; PyYAML's 1.1 rules make them strings)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$|" + r"^[-+]?(?:\d[\d_]*)\.\d*$|^[-+]?\.\d+$"),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
 def schema() -> dict:
     """The JSON schema (draft 2020-12) shared with the Snakefile: workflow/schemas/config.schema.yaml."""
     text = resources.files("cmim").joinpath("schemas/config.schema.yaml").read_text()
@@ -57,7 +72,7 @@ def load_yaml(path: str | Path) -> dict:
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if data is None:
@@ -83,7 +98,7 @@ def parse_override(item: str) -> dict:
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like key.path=value")
     key, raw = item.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
+    value = yaml_load(raw) if raw != "" else ""
     out: dict = {}
     node = out
     parts = key.strip().split(".")
@@ -171,8 +186,11 @@ def _explain(error: jsonschema.ValidationError, root: dict) -> list[str]:
         did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
         return [f"{where}: {error.instance!r} is not allowed{did_you_mean}; choose one of {options}"]
     if error.validator == "type":
+        hint = ""
+        if isinstance(error.instance, str) and re.fullmatch(r"[-+]?[\d.]+[eE][-+]?\d+", error.instance):
+            hint = f" (YAML 1.1 reads {error.instance} as text: write it with a dot, e.g. 1.0e-3)"
         return [f"{where}: expected {error.validator_value}, got {type(error.instance).__name__} "
-                f"{error.instance!r}"]
+                f"{error.instance!r}{hint}"]
     return [f"{where}: {error.message}"]
 
 
