@@ -125,6 +125,7 @@ def test_a_typo_fails_fast_naming_the_key(tmp_path, tool):
 def test_exponent_floats_are_numbers_and_text_exponents_get_a_hint(tmp_path):
     path = tmp_path / "c.yaml"
     raw = demo()
+    raw["run_defaults"]["base_lr"] = 0.001
     path.write_text(yaml.safe_dump(raw).replace("base_lr: 0.001", "base_lr: 1e-3"))
     assert "base_lr: 1e-3" in path.read_text()
     assert C.resolve_run(C.load_config([path]), "mae")["base_lr"] == 1e-3

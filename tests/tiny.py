@@ -29,8 +29,9 @@ def tiny_config(methods=("mae",), **launch) -> dict:
         },
         "run_defaults": {"dataset": "fmnist", **TINY_RUN},
         "runs": {},
-        "evaluations": {"linear_probe": {"features": "cached", "epochs": 5, "warmup_epochs": 1, "batch_size": 128,
-                                         "num_workers": 0}},
+        # LARS moves a weight by lr x 0.001 of its norm per step, so a probe of few steps needs a large lr
+        "evaluations": {"linear_probe": {"features": "cached", "epochs": 20, "warmup_epochs": 2, "batch_size": 128,
+                                         "base_lr": 6.4, "num_workers": 0}},
         "launch": {"launcher": "inprocess", "cpus_per_task": 2, **launch},
     }
     for m in methods:

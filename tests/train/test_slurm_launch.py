@@ -25,6 +25,21 @@ def slurm_launch(cluster: dict, **kw) -> dict:
                 timeout_min=60, cpus_per_task=1, **kw)
 
 
+def settled_states(job_id: str, timeout_s: float = 60) -> list[str]:
+    """The job's state history from sacct once it reaches a final state.
+
+    slurmdbd records the end of a job a moment after the job's own files are written, so a job that
+    submitit already reports done may still read RUNNING here for a second or two.
+    """
+    deadline = time.time() + timeout_s
+    while True:
+        states = subprocess.run(["sacct", "-j", job_id, "-D", "-X", "-n", "-P", "--format=State"],
+                                capture_output=True, text=True).stdout.split()
+        if (states and states[-1] not in ("PENDING", "RUNNING", "REQUEUED", "COMPLETING")) or time.time() > deadline:
+            return states
+        time.sleep(0.5)
+
+
 def test_ddp_pretrain_runs_as_a_slurm_job(tmp_path, fmnist_shards, slurm_cluster):
     run = tiny_run("mae", checkpoint_epochs=[])
     out = tmp_path / "mae"
@@ -33,9 +48,7 @@ def test_ddp_pretrain_runs_as_a_slurm_job(tmp_path, fmnist_shards, slurm_cluster
     wait_for(job, "mae", log=lambda m: None)
     summary = json.loads(RunFiles(out).summary.read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 12
-    sacct = subprocess.run(["sacct", "-j", job.job_id, "-X", "-n", "-P", "--format=State"],
-                           capture_output=True, text=True).stdout
-    assert "COMPLETED" in sacct
+    assert settled_states(job.job_id)[-1] == "COMPLETED"
 
 
 def test_preempted_slurm_job_is_requeued_and_finishes_from_its_checkpoint(tmp_path, fmnist_shards, slurm_cluster):
@@ -55,8 +68,7 @@ def test_preempted_slurm_job_is_requeued_and_finishes_from_its_checkpoint(tmp_pa
     assert summary["resumed_from"], "the requeued job must resume from the saved state"
     log = Path(job.paths.stdout).read_text()
     assert "received SIGUSR2" in log and "resuming from" in log
-    history = subprocess.run(["sacct", "-j", job.job_id, "-D", "-X", "-n", "-P", "--format=State"],
-                             capture_output=True, text=True).stdout.split()
+    history = settled_states(job.job_id)
     assert "REQUEUED" in history and history[-1] == "COMPLETED", history
     wa, wb = encoder_weights(reference.checkpoint), encoder_weights(RunFiles(out).checkpoint)
     assert all(torch.equal(wa[k], wb[k]) for k in wa), "preempted + resumed must equal uninterrupted"
