@@ -35,7 +35,8 @@ HERE = Path(__file__).resolve().parent
 def make_run(args, method: str) -> dict:
     cfg = {"datasets": {"bench": {"format": "imagefolder", "root": "/nonexistent", "image_size": args.image_size}},
            "runs": {method: {"method": method, "dataset": "bench", "arch": args.arch, "patch_size": args.patch,
-                             "depth": args.depth, "embed_dim": args.embed_dim, "num_heads": args.heads, "epochs": 1, "warmup_epochs": 0, "batch_size": args.batch,
+                             "depth": args.depth, "embed_dim": args.embed_dim, "num_heads": args.heads,
+                             "epochs": 1, "warmup_epochs": 0, "batch_size": args.batch,
                              "compile": args.compile, "precision": args.precision}}}
     if method != "simclr" and args.decoder_dim:
         cfg["runs"][method][method] = {"decoder_dim": args.decoder_dim, "decoder_depth": args.decoder_depth,
@@ -90,7 +91,8 @@ def bench_method(args, name: str, device: torch.device) -> dict:
     median = times[len(times) // 2]
     img_s = args.batch / median
     peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"method": name, "img_per_s": img_s, "step_ms_median": 1000 * median, "step_ms_mean": 1000 * sum(times) / len(times),
+    return {"method": name, "img_per_s": img_s, "step_ms_median": 1000 * median,
+            "step_ms_mean": 1000 * sum(times) / len(times),
             "gflop_per_img": flops_per_image / 1e9, "tflop_per_s": flops_per_image * img_s / 1e12,
             "mfu": flops.mfu(flops_per_image, img_s, device, 1), "peak_mem_gib": peak_mem, "first_step_s": first_step_s,
             "params_m": sum(p.numel() for p in method.parameters()) / 1e6}

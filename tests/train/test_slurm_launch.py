@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_engine import INPROCESS, encoder_weights, train, write_run
 
 from cmim.launch import submit_pretrain, wait_for
 from cmim.paths import RunFiles
 from conftest import tiny_run
-from test_engine import INPROCESS, encoder_weights, train, write_run
 from tiny import ROOT, tiny_config, write_config
 
 pytestmark = pytest.mark.slurm
@@ -52,7 +52,7 @@ def test_ddp_pretrain_runs_as_a_slurm_job(tmp_path, fmnist_shards, slurm_cluster
 
 
 def test_preempted_slurm_job_is_requeued_and_finishes_from_its_checkpoint(tmp_path, fmnist_shards, slurm_cluster):
-    run = tiny_run("mae", epochs=4, checkpoint_every_steps=100, checkpoint_epochs=[])
+    run = tiny_run("mae", epochs=12, checkpoint_every_steps=100, checkpoint_epochs=[])  # 72 steps: a few seconds
     reference = train(tmp_path / "ref", fmnist_shards, run)
     out = tmp_path / "preempted"
     job = submit_pretrain(write_run(tmp_path, run), fmnist_shards["train"], out, slurm_launch(slurm_cluster),
@@ -61,7 +61,8 @@ def test_preempted_slurm_job_is_requeued_and_finishes_from_its_checkpoint(tmp_pa
     deadline = time.time() + 180
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
         time.sleep(0.1)  # wait until step 6 was logged: mid-run, after the first epoch's checkpoint
-    assert job.state == "RUNNING", job.state
+    # submitit caches the state sacct gave it a moment ago, so ask the run itself whether it is still going
+    assert metrics.exists() and not RunFiles(out).summary.exists(), "the job must be interrupted mid-run"
     job._interrupt()  # SIGTERM then USR2, as SLURM preemption: save at the step boundary, requeue
     wait_for(job, "mae", log=lambda m: None)
     summary = json.loads(RunFiles(out).summary.read_text())

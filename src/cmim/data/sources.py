@@ -17,6 +17,7 @@ generated in the real layouts and read by the ade20k / coco readers.
 
 from __future__ import annotations
 
+import abc
 import io
 import json
 import os
@@ -262,7 +263,7 @@ def _check_format(fmt: str) -> None:
 # ----------------------------------------------------------------------------- readers
 
 
-class Reader:
+class Reader(abc.ABC):
     """One split of one source. `records()` lists it (sorted, cheap), iterating yields Sample | Skip."""
 
     fmt = ""
@@ -273,12 +274,13 @@ class Reader:
         self.location = self.root         # the folder named in messages (empty split, missing data)
         self.resize_short_side = resize_short_side
 
+    @abc.abstractmethod
     def records(self) -> list[Record | Skip]:
-        raise NotImplementedError
+        """Every item of the split in a stable order, unreadable ones as Skip."""
 
+    @abc.abstractmethod
     def classes(self) -> list[dict]:
         """[{id, name, ...}] in id order; ids are the values stored in `cls` / `seg.png` / COCO json."""
-        raise NotImplementedError
 
     def build(self, record: Record) -> Sample | Skip:
         return build_sample(record, self.root, self.resize_short_side)
