@@ -8,8 +8,9 @@ the data loader on real shards to show whether a run would be input-bound.
     python benchmarks/train_step.py --arch vit_tiny --depth 6 --patch 4 --image-size 32 --batch 256
     python benchmarks/train_step.py --compile regional --methods mae can
 
-FLOPs are counted by torch's FlopCounterMode on one step (multiply-add = 2; matmuls, convolutions,
-attention); MFU divides by the device's dense bf16 peak (cmim.train.flops), none on CPUs.
+FLOPs are counted by torch's FlopCounterMode (cmim.train.flops.flop_counter, CPU attention included)
+on one step (multiply-add = 2; matmuls, convolutions, attention); MFU divides by the device's dense
+bf16 peak (cmim.train.flops), none on CPUs.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import argparse
 import datetime
 import json
 import platform
+import resource
 import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from cmim.config import resolve_run, validate
 from cmim.methods import build_method
@@ -68,7 +69,7 @@ def bench_method(args, name: str, device: torch.device) -> dict:
         opt.zero_grad(set_to_none=True)
         method.after_step(0.5)
 
-    counter = FlopCounterMode(display=False)
+    counter = flops.flop_counter()
     with counter:
         step(0)
     flops_per_image = counter.get_total_flops() / args.batch
@@ -90,12 +91,26 @@ def bench_method(args, name: str, device: torch.device) -> dict:
     times.sort()
     median = times[len(times) // 2]
     img_s = args.batch / median
-    peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    if device.type == "cuda":
+        peak_mem = torch.cuda.max_memory_allocated(device) / 2**30
+    else:  # the process's peak resident set (KiB on Linux): model, optimizer, activations and the runtime
+        peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {"method": name, "img_per_s": img_s, "step_ms_median": 1000 * median,
             "step_ms_mean": 1000 * sum(times) / len(times),
             "gflop_per_img": flops_per_image / 1e9, "tflop_per_s": flops_per_image * img_s / 1e12,
             "mfu": flops.mfu(flops_per_image, img_s, device, 1), "peak_mem_gib": peak_mem, "first_step_s": first_step_s,
-            "params_m": sum(p.numel() for p in method.parameters()) / 1e6}
+            "params_m": sum(p.numel() for p in method.parameters()) / 1e6, **state_bytes(method, opt)}
+
+
+def state_bytes(method, opt) -> dict:
+    """Bytes a step must hold besides activations: weights, gradients, AdamW moments, one input image."""
+    params = sum(p.numel() * p.element_size() for p in method.parameters())
+    grads = sum(p.numel() * p.element_size() for p in method.parameters() if p.requires_grad)
+    moments = sum(t.numel() * t.element_size() for st in opt.state.values() for t in st.values()
+                  if torch.is_tensor(t) and t.dim() > 0)
+    view = method.view_spec()
+    return {"weights_mb": params / 2**20, "grads_mb": grads / 2**20, "adamw_state_mb": moments / 2**20,
+            "input_bytes_per_img": view.num_views * 3 * view.crop_size ** 2}
 
 
 def bench_loader(manifest: str, args, method_name: str) -> float:
@@ -154,14 +169,16 @@ def main() -> None:
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(f"\n{name}, torch {torch.__version__}, {args.arch} p{args.patch} @{args.image_size}, batch {args.batch}, "
           f"compile {args.compile}")
-    print("| method | img/s | step ms | GFLOP/img | TFLOP/s | MFU | peak GiB | loader img/s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| method | img/s | step ms | GFLOP/img | TFLOP/s | MFU | peak GiB (GPU alloc / CPU RSS) | "
+          "weights+grads+AdamW MB | loader img/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "-"
         mem = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] else "-"
         loader = f"{r['loader_img_per_s']:.0f}" if "loader_img_per_s" in r else "-"
         print(f"| {r['method']} | {r['img_per_s']:.0f} | {r['step_ms_median']:.1f} | {r['gflop_per_img']:.2f} | "
-              f"{r['tflop_per_s']:.3f} | {mfu} | {mem} | {loader} |")
+              f"{r['tflop_per_s']:.3f} | {mfu} | {mem} | {r['weights_mb'] + r['grads_mb'] + r['adamw_state_mb']:.0f} | "
+              f"{loader} |")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.flop_counter import FlopCounterMode
 
 from cmim import io
 from cmim.config import BASELINE_METHODS, config_hash
@@ -179,7 +178,7 @@ class Pretrainer:
             sync = micro == accum - 1 or self.env.world_size == 1
             no_sync = contextlib.nullcontext() if sync else self.model.no_sync()
             count = step == 0 and micro == 0 and self.env.is_main and self.run["compile"] == "off"
-            counter = FlopCounterMode(display=False) if count else contextlib.nullcontext()
+            counter = flops.flop_counter() if count else contextlib.nullcontext()
             with no_sync, counter:
                 with torch.autocast(self.env.device.type, dtype=self.amp, enabled=self.amp is not None):
                     out = self.model(batch)
