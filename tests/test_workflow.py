@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from cmim import workflow as W
 from cmim.config import validate
@@ -86,3 +90,53 @@ def test_slurm_profile_dry_run_on_the_paper_config_shows_pretrain_resources(tmp_
             assert expected in resources, resources
     shard = next(b for b in out.split("\n\n") if "\nrule shard:" in "\n" + b)
     assert "threads: 8" in shard or "runtime=120" in shard
+
+
+def kill_everything_under(root: Path) -> None:
+    """SIGKILL every process working in `root` or naming it: Snakemake and the jobs it started."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                cwd = os.readlink(proc / "cwd")
+                if str(root) in cmdline or cwd == str(root) or cwd.startswith(f"{root}/"):
+                    os.kill(int(proc.name), signal.SIGKILL)
+            except OSError:
+                continue
+
+
+@pytest.mark.slow
+def test_kill_9_of_snakemake_mid_pretrain_then_snakemake_again_resumes(tmp_path):
+    """kill -9 of Snakemake and its pretrain job mid-epoch; `--unlock`, `snakemake` again: the run
+    resumes from its newest state and ends with the weights of an uninterrupted run (CPU, same seed)."""
+    cfg = tiny_config()
+    cfg["datasets"] = {"fmnist": cfg["datasets"]["fmnist"]}
+    cfg["run_defaults"].update(epochs=6, checkpoint_epochs=[])  # 36 steps, a state every 4
+    target = "results/pretrain/mae/checkpoint.pt"
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    for workdir in (reference, killed):
+        workdir.mkdir()
+        write_config(workdir / "config.yaml", cfg)
+    snakemake(reference, target)
+
+    cmd = [SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(killed),
+           "--configfile", str(killed / "config.yaml"), "--cores", "2", target]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    resume = killed / "results/pretrain/mae/resume"
+    deadline = time.time() + 300
+    def newest_state() -> int:
+        return max((int(p.stem.split("-")[1]) for p in resume.glob("step-*.pt")), default=0)
+
+    while newest_state() < 8 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)  # two states written: mid-run, past the first epoch (6 steps)
+    kill_everything_under(killed)
+    proc.wait()
+    states = sorted(resume.glob("step-*.pt"))
+    assert states and not (killed / target).exists(), "the kill must land mid-run"
+    snakemake(killed, "--unlock")
+    rerun = snakemake(killed, target)
+    assert "pretrain" in rerun.stdout + rerun.stderr
+    summary = json.loads((killed / "results/pretrain/mae/summary.json").read_text())
+    assert summary["resumed_from"] and summary["steps"] == 36
+    wa, wb = (torch.load(d / target, map_location="cpu", weights_only=True)["encoder"] for d in (reference, killed))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), "resumed weights must equal the uninterrupted run's"

@@ -1,7 +1,7 @@
 """FMNIST-scenes: procedural scenes for the dense-transfer demos, written in the real ADE20K and COCO layouts.
 
-Why: no package registry carries a real segmentation or detection set (shared/notes/datasets.md,
-section "(b) and (c)"), so the demo builds one from real image pieces: Fashion-MNIST items ("things",
+Why: no package registry carries a real segmentation or detection set, and nothing may be
+downloaded at run time, so the demo builds one from real image pieces: Fashion-MNIST items ("things",
 10 classes) pasted over regions filled with texture crops ("stuff": scikit-image's bundled textures
 and photos, plus a few procedural patterns). The trees use the real file layouts, so the ADE20K and
 COCO readers, the sharder and the metrics run on them exactly as on the real datasets.
