@@ -75,6 +75,29 @@ def test_preempted_slurm_job_is_requeued_and_finishes_from_its_checkpoint(tmp_pa
     assert all(torch.equal(wa[k], wb[k]) for k in wa), "preempted + resumed must equal uninterrupted"
 
 
+def test_scontrol_requeue_mid_run_resumes_from_the_newest_state(tmp_path, fmnist_shards, slurm_cluster):
+    """An operator's `scontrol requeue`: SIGTERM, SIGKILL after KillWait, no USR2; the job comes back
+    and continues from the newest rolling state, ending with the uninterrupted run's weights."""
+    run = tiny_run("mae", epochs=40, checkpoint_every_steps=4, checkpoint_epochs=[])  # 240 steps: 5-15 s
+    reference = train(tmp_path / "ref", fmnist_shards, run)
+    out = tmp_path / "requeued"
+    job = submit_pretrain(write_run(tmp_path, run), fmnist_shards["train"], out, slurm_launch(slurm_cluster),
+                          "mae", log=lambda m: None)
+    resume = out / "resume"
+    deadline = time.time() + 180
+    while time.time() < deadline and not list(resume.glob("step-*.pt")):
+        time.sleep(0.1)
+    assert not RunFiles(out).summary.exists(), "the job must be requeued mid-run"
+    subprocess.run(["scontrol", "requeue", job.job_id], check=True, capture_output=True, text=True)
+    wait_for(job, "mae", log=lambda m: None)
+    summary = json.loads(RunFiles(out).summary.read_text())
+    assert summary["resumed_from"], "the requeued job must resume from a rolling state"
+    history = settled_states(job.job_id)
+    assert "REQUEUED" in history and history[-1] == "COMPLETED", history
+    wa, wb = encoder_weights(reference.checkpoint), encoder_weights(RunFiles(out).checkpoint)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), "requeued + resumed must equal uninterrupted"
+
+
 def test_snakemake_slurm_profile_runs_the_pretrain_rule(tmp_path, slurm_cluster):
     cfg = tiny_config(launcher="local", cpus_per_task=1)
     cfg["datasets"] = {"fmnist": cfg["datasets"]["fmnist"]}
