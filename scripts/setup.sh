@@ -24,7 +24,8 @@ log "installing pinned packages (first time: a few minutes)"
 # ---- demo data: Fashion-MNIST from Debian
 FMNIST_SYS=/usr/share/datasets/fashion-mnist
 FMNIST_LOCAL=data/fashion-mnist/usr/share/datasets/fashion-mnist
-if [ -f "$FMNIST_SYS/train-images-idx3-ubyte.gz" ] || [ -f "$FMNIST_LOCAL/train-images-idx3-ubyte.gz" ]; then
+if [ -f "$FMNIST_SYS/train-images-idx3-ubyte.gz" ] || [ -f "$FMNIST_LOCAL/train-images-idx3-ubyte.gz" ] \
+   || [ -f "${CMIM_FASHION_MNIST:-/nonexistent}/train-images-idx3-ubyte.gz" ]; then
     log "Fashion-MNIST present"
 elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     log "installing Debian package dataset-fashion-mnist"

@@ -16,7 +16,9 @@ import numpy as np
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 SPLITS = {"train": "train", "t10k": "t10k", "test": "t10k"}
-SEARCH_PATH = ("/usr/share/datasets/fashion-mnist", "data/fashion-mnist/usr/share/datasets/fashion-mnist")
+_UNPACKED = "data/fashion-mnist/usr/share/datasets/fashion-mnist"  # where setup.sh unpacks the .deb without root
+_CHECKOUT = Path(__file__).resolve().parents[3]  # the project checkout, for an editable install
+SEARCH_PATH = ("/usr/share/datasets/fashion-mnist", _UNPACKED, str(_CHECKOUT / _UNPACKED))
 _FILES = ("{split}-images-idx3-ubyte.gz", "{split}-labels-idx1-ubyte.gz")
 
 
