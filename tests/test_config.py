@@ -1,5 +1,6 @@
 """The config contract: one schema, errors that name the key, defaults, run_defaults, resolution."""
 
+import re
 import subprocess
 import sys
 import time
@@ -131,3 +132,15 @@ def test_exponent_floats_are_numbers_and_text_exponents_get_a_hint(tmp_path):
     assert C.resolve_run(C.load_config([path]), "mae")["base_lr"] == 1e-3
     raw["run_defaults"]["base_lr"] = "1e-3"  # what Snakemake's own YAML loader hands over
     assert "write it with a dot" in errors_of(raw)
+
+
+def test_the_readme_examples_are_valid_configs(tmp_path):
+    """A newcomer copies README's YAML: it must validate as it stands."""
+    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert blocks, "README has no YAML example"
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"example{i}.yaml"
+        path.write_text(block)
+        cfg = C.load_config([path])
+        for run in cfg["runs"]:
+            C.resolve_run(cfg, run)
