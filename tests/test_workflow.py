@@ -39,7 +39,8 @@ def test_lint_is_clean():
 def test_dry_run_lists_every_stage(tmp_path):
     write_config(tmp_path / "config.yaml", tiny_config())
     out = snakemake(tmp_path, "-n").stdout
-    for rule in ("demo_data", "shard", "run_config", "pretrain", "linear_probe", "probe_table", "loss_figure"):
+    for rule in ("demo_data", "shard", "run_config", "pretrain", "baseline_encoder", "linear_probe", "probe_table",
+                 "loss_figure"):
         assert f"rule {rule}:" in out or f"{rule} " in out, rule
 
 
@@ -75,7 +76,8 @@ def test_tiny_pipeline_runs_end_to_end_and_then_has_nothing_to_do(tmp_path):
 
 
 def test_slurm_profile_dry_run_on_the_paper_config_shows_pretrain_resources(tmp_path):
-    """profiles/slurm + workflow/configs/paper.yaml: every pretrain job asks for one 8-GPU node."""
+    """profiles/slurm + workflow/configs/paper.yaml: every trained run asks for one 8-GPU node, the
+    untrained baseline for nothing special."""
     result = subprocess.run([SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
                              "--profile", str(ROOT / "profiles" / "slurm"),
                              "--configfile", str(ROOT / "workflow" / "configs" / "paper.yaml"), "-n"],
@@ -83,7 +85,9 @@ def test_slurm_profile_dry_run_on_the_paper_config_shows_pretrain_resources(tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout + result.stderr
     blocks = [b for b in out.split("\n\n") if "\nrule pretrain:" in "\n" + b]
-    assert len(blocks) == 22
+    assert len(blocks) == 21
+    baseline = next(b for b in out.split("\n\n") if "\nrule baseline_encoder:" in "\n" + b)
+    assert "run=random_init_b16" in baseline and "gpu=" not in baseline and '"launcher":"inprocess"' in baseline
     for block in blocks:
         resources = next(line for line in block.splitlines() if line.strip().startswith("resources:"))
         for expected in ("gpu=8", "cpus_per_task=96", "mem_mb=491520", "runtime=4320"):

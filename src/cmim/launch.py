@@ -121,7 +121,8 @@ def wait_for(job: submitit.Job, run_id: str, log=print) -> dict:
 
 def launch_pretrain(run_config: Path, manifest: Path, out_dir: Path, launch: dict, run_id: str, log=print) -> dict:
     """Run the training job on the configured launcher and wait for it; raise with the job's log on failure."""
-    if launch["launcher"] == "inprocess":
+    untrained = yaml.safe_load(Path(run_config).read_text()).get("epochs") == 0  # random_init, raw_pixels
+    if launch["launcher"] == "inprocess" or untrained:
         # The same callable, called here. Not through submitit's debug executor: that one opens
         # pdb on any exception, which would hang a pipeline job waiting on stdin.
         return PretrainJob(str(run_config), str(manifest), str(out_dir))()

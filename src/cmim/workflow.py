@@ -10,7 +10,7 @@ import json
 import re
 
 from cmim import paths
-from cmim.config import evaluated_runs, resolve_run, validate
+from cmim.config import BASELINE_METHODS, evaluated_runs, resolve_run, validate
 
 READER_FORMAT = {"demo-ade20k": "ade20k", "demo-coco": "coco"}  # demo trees are read as the real thing
 DEMO_TREE = {"demo-ade20k": "ADEChallengeData2016", "demo-coco": "coco"}  # cmim.data.scenes.tree_root
@@ -92,8 +92,22 @@ def train_manifest(cfg: dict, run: str) -> str:
     return str(paths.manifest(resolve_run(cfg, run)["dataset"], "train"))
 
 
+def baseline_runs(cfg: dict) -> list[str]:
+    """Runs with nothing to train (random_init, raw_pixels): their encoder is written in seconds."""
+    return [r for r in cfg["runs"] if resolve_run(cfg, r)["method"] in BASELINE_METHODS]
+
+
+def trained_runs(cfg: dict) -> list[str]:
+    return [r for r in cfg["runs"] if r not in baseline_runs(cfg)]
+
+
 def launch_json(cfg: dict) -> str:
     return _json(cfg["launch"])
+
+
+def inprocess_launch_json(cfg: dict) -> str:
+    """The launch block for baselines: never a SLURM allocation or DDP processes for an untrained encoder."""
+    return _json({**cfg["launch"], "launcher": "inprocess"})
 
 
 def pretrain_threads(cfg: dict) -> int:

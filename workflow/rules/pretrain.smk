@@ -16,6 +16,10 @@ rule run_config:
         "python -m cmim write-config --json {params.resolved:q} --out {output} > {log} 2>&1"
 
 
+localrules:
+    baseline_encoder,
+
+
 if W.pretrain_is_local_rule(CFG):
 
     localrules:
@@ -23,6 +27,8 @@ if W.pretrain_is_local_rule(CFG):
 
 
 rule pretrain:
+    wildcard_constraints:
+        run=W.alternation(W.trained_runs(CFG)),
     input:
         run_config="results/pretrain/{run}/config.yaml",
         manifest=lambda w: W.train_manifest(CFG, w.run),
@@ -36,6 +42,30 @@ rule pretrain:
     threads: W.pretrain_threads(CFG)
     resources:
         **W.pretrain_resources(CFG),
+    log:
+        "results/logs/pretrain/{run}.log",
+    conda:
+        "../../envs/cmim.yaml"
+    shell:
+        "python -m cmim pretrain --run-config {input.run_config} --manifest {input.manifest} "
+        "--out {params.out_dir} --launch {params.launch:q} > {log} 2>&1"
+
+
+# random_init / raw_pixels: nothing to train, so no GPU allocation and no launcher; the same
+# outputs as a trained run, written here in seconds.
+rule baseline_encoder:
+    wildcard_constraints:
+        run=W.alternation(W.baseline_runs(CFG)),
+    input:
+        run_config="results/pretrain/{run}/config.yaml",
+        manifest=lambda w: W.train_manifest(CFG, w.run),
+    output:
+        checkpoint="results/pretrain/{run}/checkpoint.pt",
+        summary="results/pretrain/{run}/summary.json",
+        metrics="results/pretrain/{run}/metrics.jsonl",
+    params:
+        launch=W.inprocess_launch_json(CFG),
+        out_dir=lambda w: f"results/pretrain/{w.run}",
     log:
         "results/logs/pretrain/{run}.log",
     conda:
