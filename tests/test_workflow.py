@@ -53,6 +53,15 @@ def test_pretrain_resources_follow_the_launch_block():
     assert W.pretrain_is_local_rule(validate(tiny_config(launcher="slurm")))
 
 
+def test_baselines_are_split_from_trained_runs_even_through_run_defaults():
+    cfg = tiny_config(methods=("mae", "can"))
+    cfg["run_defaults"]["method"] = "random_init"
+    cfg["runs"]["untrained"] = {}  # method from run_defaults
+    cfg = validate(cfg)
+    assert W.baseline_runs(cfg) == ["random_init", "raw_pixels", "untrained"]
+    assert W.trained_runs(cfg) == ["mae", "can"]
+
+
 @pytest.mark.slow
 def test_tiny_pipeline_runs_end_to_end_and_then_has_nothing_to_do(tmp_path):
     write_config(tmp_path / "config.yaml", tiny_config())

@@ -94,11 +94,13 @@ def train_manifest(cfg: dict, run: str) -> str:
 
 def baseline_runs(cfg: dict) -> list[str]:
     """Runs with nothing to train (random_init, raw_pixels): their encoder is written in seconds."""
-    return [r for r in cfg["runs"] if resolve_run(cfg, r)["method"] in BASELINE_METHODS]
+    method = {r: {**cfg.get("run_defaults", {}), **cfg["runs"][r]}.get("method") for r in cfg["runs"]}
+    return [r for r in cfg["runs"] if method[r] in BASELINE_METHODS]
 
 
 def trained_runs(cfg: dict) -> list[str]:
-    return [r for r in cfg["runs"] if r not in baseline_runs(cfg)]
+    baselines = set(baseline_runs(cfg))
+    return [r for r in cfg["runs"] if r not in baselines]
 
 
 def launch_json(cfg: dict) -> str:
