@@ -1,4 +1,4 @@
-# cmim: shard -> pretrain -> evaluate -> report (DESIGN.md section 2).
+# cmim: shard -> pretrain -> evaluate -> report, one DAG from a laptop demo to a SLURM cluster.
 # `snakemake` runs the demo study in config.yaml; pass --configfile for another study.
 import os
 import sys
