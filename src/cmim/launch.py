@@ -65,6 +65,7 @@ def make_executor(launch: dict, folder: Path, name: str) -> submitit.Executor:
             params["local_visible_gpus"] = tuple(int(g) for g in visible.split(",") if g.strip().isdigit())
     if kind == "slurm":
         params.update(nodes=launch["nodes"], slurm_setup=list(launch["slurm_setup"]),
+                      slurm_signal_delay_s=launch["signal_delay_s"],
                       slurm_additional_parameters=dict(launch["slurm_extra"]))
         if launch["mem_gb"] is not None:
             params["mem_gb"] = launch["mem_gb"]

@@ -22,7 +22,7 @@ from conftest import tiny_run
 
 INPROCESS = {"launcher": "inprocess", "nodes": 1, "gpus_per_node": 0, "tasks_per_node": None, "cpus_per_task": 2,
              "mem_gb": None, "timeout_min": 30, "partition": None, "account": None, "qos": None, "constraint": None,
-             "max_requeues": 3, "slurm_setup": [], "slurm_extra": {}}
+             "max_requeues": 3, "signal_delay_s": 120, "slurm_setup": [], "slurm_extra": {}}
 
 
 def write_run(tmp_path: Path, run: dict) -> Path:

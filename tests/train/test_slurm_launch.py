@@ -21,8 +21,8 @@ pytestmark = pytest.mark.slurm
 
 
 def slurm_launch(cluster: dict, **kw) -> dict:
-    return dict(INPROCESS, launcher="slurm", partition=cluster["partition"], account=cluster["account"],
-                timeout_min=60, cpus_per_task=1, **kw)
+    return {**INPROCESS, "launcher": "slurm", "partition": cluster["partition"], "account": cluster["account"],
+            "timeout_min": 60, "cpus_per_task": 1, **kw}
 
 
 def settled_states(job_id: str, timeout_s: float = 60) -> list[str]:
@@ -49,21 +49,34 @@ def test_ddp_pretrain_runs_as_a_slurm_job(tmp_path, fmnist_shards, slurm_cluster
     summary = json.loads(RunFiles(out).summary.read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 12
     assert settled_states(job.job_id)[-1] == "COMPLETED"
+    sbatch = Path(job.paths.submission_file).read_text()
+    assert "#SBATCH --signal=USR2@120" in sbatch and "#SBATCH --ntasks-per-node=2" in sbatch
 
 
-def test_preempted_slurm_job_is_requeued_and_finishes_from_its_checkpoint(tmp_path, fmnist_shards, slurm_cluster):
-    run = tiny_run("mae", epochs=12, checkpoint_every_steps=100, checkpoint_epochs=[])  # 72 steps: a few seconds
-    reference = train(tmp_path / "ref", fmnist_shards, run)
-    out = tmp_path / "preempted"
-    job = submit_pretrain(write_run(tmp_path, run), fmnist_shards["train"], out, slurm_launch(slurm_cluster),
+def submit_and_interrupt(tmp_path, fmnist_shards, cluster, run: dict, timeout: bool, **launch):
+    """Submit `run`, wait until it is mid-run (step 6 logged), then send SLURM's preemption
+    (SIGTERM, USR2) or time-limit (USR2 alone) signal the way submitit's own tests do."""
+    out = tmp_path / ("timed_out" if timeout else "preempted")
+    job = submit_pretrain(write_run(tmp_path, run), fmnist_shards["train"], out, slurm_launch(cluster, **launch),
                           "mae", log=lambda m: None)
     metrics = RunFiles(out).resume_metrics
     deadline = time.time() + 180
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-        time.sleep(0.1)  # wait until step 6 was logged: mid-run, after the first epoch's checkpoint
+        time.sleep(0.1)
     # submitit caches the state sacct gave it a moment ago, so ask the run itself whether it is still going
     assert metrics.exists() and not RunFiles(out).summary.exists(), "the job must be interrupted mid-run"
-    job._interrupt()  # SIGTERM then USR2, as SLURM preemption: save at the step boundary, requeue
+    job._interrupt(timeout=timeout)
+    return job, out
+
+
+# submitit calls a USR2 a time-out when the job is past min(80%, limit - 10 min) of its time limit,
+# which any job with a limit under 10 minutes is: 60 min -> preemption, 5 min -> time-out.
+@pytest.mark.parametrize(("timeout", "limit_min"), [(False, 60), (True, 5)], ids=["preemption", "time-limit"])
+def test_interrupted_slurm_job_is_requeued_and_finishes_from_its_checkpoint(tmp_path, fmnist_shards, slurm_cluster,
+                                                                            timeout, limit_min):
+    run = tiny_run("mae", epochs=12, checkpoint_every_steps=100, checkpoint_epochs=[])  # 72 steps: a few seconds
+    reference = train(tmp_path / "ref", fmnist_shards, run)
+    job, out = submit_and_interrupt(tmp_path, fmnist_shards, slurm_cluster, run, timeout, timeout_min=limit_min)
     wait_for(job, "mae", log=lambda m: None)
     summary = json.loads(RunFiles(out).summary.read_text())
     assert summary["resumed_from"], "the requeued job must resume from the saved state"
@@ -72,7 +85,18 @@ def test_preempted_slurm_job_is_requeued_and_finishes_from_its_checkpoint(tmp_pa
     history = settled_states(job.job_id)
     assert "REQUEUED" in history and history[-1] == "COMPLETED", history
     wa, wb = encoder_weights(reference.checkpoint), encoder_weights(RunFiles(out).checkpoint)
-    assert all(torch.equal(wa[k], wb[k]) for k in wa), "preempted + resumed must equal uninterrupted"
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), "interrupted + resumed must equal uninterrupted"
+    case = "timed-out" if timeout else "preempted"
+    assert f"this job is {case}" in log, "submitit must classify the signal as SLURM would mean it"
+
+
+def test_a_time_out_past_max_requeues_fails_clearly_and_keeps_the_saved_state(tmp_path, fmnist_shards, slurm_cluster):
+    run = tiny_run("mae", epochs=12, checkpoint_every_steps=100, checkpoint_epochs=[])
+    job, out = submit_and_interrupt(tmp_path, fmnist_shards, slurm_cluster, run, True, timeout_min=5, max_requeues=0)
+    with pytest.raises(RuntimeError, match="timed-out too many times"):
+        wait_for(job, "mae", log=lambda m: None)
+    assert list((out / "resume").glob("step-*.pt")), "the state saved on the signal must stay for a rerun"
+    assert not RunFiles(out).checkpoint.exists()
 
 
 def test_scontrol_requeue_mid_run_resumes_from_the_newest_state(tmp_path, fmnist_shards, slurm_cluster):
