@@ -51,25 +51,13 @@ rule pretrain:
         "--out {params.out_dir} --launch {params.launch:q} > {log} 2>&1"
 
 
-# random_init / raw_pixels: nothing to train, so no GPU allocation and no launcher; the same
-# outputs as a trained run, written here in seconds.
-rule baseline_encoder:
+# random_init / raw_pixels: nothing to train, so the same command and outputs as `pretrain` but
+# run here, in this process, with no GPU allocation; written in seconds.
+use rule pretrain as baseline_encoder with:
     wildcard_constraints:
         run=W.alternation(W.baseline_runs(CFG)),
-    input:
-        run_config="results/pretrain/{run}/config.yaml",
-        manifest=lambda w: W.train_manifest(CFG, w.run),
-    output:
-        checkpoint="results/pretrain/{run}/checkpoint.pt",
-        summary="results/pretrain/{run}/summary.json",
-        metrics="results/pretrain/{run}/metrics.jsonl",
     params:
         launch=W.inprocess_launch_json(CFG),
-        out_dir=lambda w: f"results/pretrain/{w.run}",
-    log:
-        "results/logs/pretrain/{run}.log",
-    conda:
-        "../../envs/cmim.yaml"
-    shell:
-        "python -m cmim pretrain --run-config {input.run_config} --manifest {input.manifest} "
-        "--out {params.out_dir} --launch {params.launch:q} > {log} 2>&1"
+    threads: 1
+    resources:
+        runtime=10,
