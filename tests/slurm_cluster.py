@@ -24,6 +24,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,25 @@ def _stop_if_last(users, cdir: Path, check: bool = True) -> bool:
         pytest.fail(f"stop-slurm.sh {cdir} failed (exit {r.returncode}):\n{_tail(r.stdout)}\n{_tail(r.stderr)}",
                     pytrace=False)
     return True
+
+
+FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"})
+
+
+def sacct(job_id: str, until=FINAL_STATES, fields=("State",), history: bool = False,
+          timeout: float = 30) -> list[dict[str, str]]:
+    """The job's accounting rows (with `history`, one per requeued run) once its newest state is in `until`.
+
+    Polls: slurmdbd records a job's end a moment after the job's own files are written, so a job
+    that submitit already reports done may still read RUNNING for a second or two.
+    """
+    cmd = ["sacct", "-j", job_id, "-X", "-n", "-P", "--format=" + ",".join(fields), *(["-D"] if history else [])]
+    deadline = time.monotonic() + timeout
+    while True:
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        rows = [dict(zip(fields, line.split("|"))) for line in r.stdout.splitlines() if line.strip()]
+        if rows and rows[-1]["State"] in until:
+            return rows
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} not in {set(until)} after {timeout}s: {rows or r.stderr}")
+        time.sleep(0.2)

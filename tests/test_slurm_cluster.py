@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 import submitit
 
+from slurm_cluster import sacct
 from slurm_jobs import CountWithCheckpoint, all_reduce_ranks
+
+ACCOUNTING = ("State", "Account", "ExitCode", "AllocTRES")
 
 pytestmark = pytest.mark.slurm
 
@@ -25,22 +28,6 @@ def _sbatch(cluster: dict, out: Path, wrap: str, *options: str) -> str:
                         "-o", str(out), *options, "--wrap", wrap], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip().split(";")[0]
-
-
-def _sacct(job_id: str, until: set[str], timeout: float = 30) -> dict[str, str]:
-    """The job's accounting record once its state is one of `until` (polls sacct)."""
-    fields = ["State", "Account", "ExitCode", "AllocTRES"]
-    deadline = time.monotonic() + timeout
-    while True:
-        r = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "--format=" + ",".join(fields)],
-                           capture_output=True, text=True)
-        rows = [line.split("|") for line in r.stdout.splitlines() if line.strip()]
-        record = dict(zip(fields, rows[-1])) if rows else {}
-        if record.get("State") in until:
-            return record
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} not in {until} after {timeout}s: {record or r.stderr}")
-        time.sleep(0.2)
 
 
 def _executor(cluster: dict, folder: Path, **params) -> submitit.AutoExecutor:
@@ -69,7 +56,7 @@ def _wait(job: submitit.Job, timeout: float) -> None:
 def test_sbatch_job_completes_and_is_accounted(slurm_cluster, tmp_path):
     out = tmp_path / "hello.out"
     job_id = _sbatch(slurm_cluster, out, "echo hello from $SLURM_JOB_ID")
-    record = _sacct(job_id, until={"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"})
+    record = sacct(job_id, fields=ACCOUNTING)[-1]
     assert record["State"] == "COMPLETED", record
     assert record["ExitCode"] == "0:0"
     assert record["Account"] == slurm_cluster["account"]
@@ -79,7 +66,7 @@ def test_sbatch_job_completes_and_is_accounted(slurm_cluster, tmp_path):
 def test_gres_gpu_job_sees_cuda_visible_devices(slurm_cluster, tmp_path):
     out = tmp_path / "gpu.out"
     job_id = _sbatch(slurm_cluster, out, "echo CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES", "--gres=gpu:1")
-    record = _sacct(job_id, until={"COMPLETED", "FAILED", "CANCELLED"})
+    record = sacct(job_id, until={"COMPLETED", "FAILED", "CANCELLED"}, fields=ACCOUNTING)[-1]
     assert record["State"] == "COMPLETED", record
     assert "gres/gpu=1" in record["AllocTRES"]
     assert out.read_text().strip() == "CUDA_VISIBLE_DEVICES=0"

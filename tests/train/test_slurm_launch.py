@@ -15,6 +15,7 @@ from test_engine import INPROCESS, encoder_weights, train, write_run
 from cmim.launch import submit_pretrain, wait_for
 from cmim.paths import RunFiles
 from conftest import tiny_run
+from slurm_cluster import sacct
 from tiny import ROOT, tiny_config, write_config
 
 pytestmark = pytest.mark.slurm
@@ -25,19 +26,9 @@ def slurm_launch(cluster: dict, **kw) -> dict:
             "timeout_min": 60, "cpus_per_task": 1, **kw}
 
 
-def settled_states(job_id: str, timeout_s: float = 60) -> list[str]:
-    """The job's state history from sacct once it reaches a final state.
-
-    slurmdbd records the end of a job a moment after the job's own files are written, so a job that
-    submitit already reports done may still read RUNNING here for a second or two.
-    """
-    deadline = time.time() + timeout_s
-    while True:
-        states = subprocess.run(["sacct", "-j", job_id, "-D", "-X", "-n", "-P", "--format=State"],
-                                capture_output=True, text=True).stdout.split()
-        if (states and states[-1] not in ("PENDING", "RUNNING", "REQUEUED", "COMPLETING")) or time.time() > deadline:
-            return states
-        time.sleep(0.5)
+def settled_states(job_id: str) -> list[str]:
+    """The job's state history (one per requeued run) once it has ended."""
+    return [row["State"] for row in sacct(job_id, history=True, timeout=60)]
 
 
 def test_ddp_pretrain_runs_as_a_slurm_job(tmp_path, fmnist_shards, slurm_cluster):
