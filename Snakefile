@@ -36,6 +36,18 @@ except ConfigError as e:
     raise WorkflowError(f"invalid config: {e}")
 
 
+# Where and how fast jobs run (the launch block) reaches them through the environment, not as a
+# tracked param: a new partition, time limit, launcher or worker count never retrains anything.
+# Job logs keep a traceback under the one-line error message.
+os.environ["CMIM_LAUNCH"] = W.launch_env(CFG)
+os.environ["CMIM_TRACEBACK"] = "1"
+
+
+envvars:
+    "CMIM_LAUNCH",
+    "CMIM_TRACEBACK",
+
+
 wildcard_constraints:
     dataset=W.alternation(CFG["datasets"]),
     run=W.alternation(CFG["runs"]),

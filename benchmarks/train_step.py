@@ -28,7 +28,7 @@ import torch
 from cmim.config import resolve_run, validate
 from cmim.methods import build_method
 from cmim.train import flops
-from cmim.train.engine import autocast_dtype, compile_method
+from cmim.train.engine import autocast_dtype, compile_model
 
 HERE = Path(__file__).resolve().parent
 
@@ -55,7 +55,7 @@ def bench_method(args, name: str, device: torch.device) -> dict:
     run = make_run(args, name)
     torch.manual_seed(0)
     method = build_method(run).to(device)
-    model = compile_method(method, run["compile"])
+    model = compile_model(method, run["compile"])
     amp = autocast_dtype(run["precision"], device)
     opt = torch.optim.AdamW(method.parameter_groups(0.05), lr=1e-4, betas=(0.9, 0.95),
                             fused=device.type == "cuda")

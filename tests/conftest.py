@@ -9,9 +9,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/tiny.py and helper modules
 
-from tiny import tiny_config  # noqa: E402
 
-pytest_plugins = ["slurm_cluster"]  # the session-scoped local SLURM cluster (tests/slurm_cluster.py)
+# the session-scoped local SLURM cluster (tests/slurm_cluster.py) and the dense-task shards (tests/dense_fixtures.py)
+pytest_plugins = ["slurm_cluster", "dense_fixtures"]
 
 
 @pytest.fixture(scope="session")
@@ -40,12 +40,3 @@ def fmnist_probe_shards(tmp_path_factory) -> dict[str, Path]:
                     shard_max_count=5000, log=lambda m: None)
         out[split] = root / split / "manifest.json"
     return out
-
-
-def tiny_run(method: str = "mae", **overrides) -> dict:
-    """A resolved tiny run (32 px, patch 8, 2 blocks of width 64) on the 600-image fmnist split."""
-    from cmim.config import deep_merge, resolve_run, validate
-
-    cfg = tiny_config(methods=(method,))
-    cfg["runs"][method] = deep_merge(cfg["runs"][method], overrides)
-    return resolve_run(validate(cfg), method)

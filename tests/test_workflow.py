@@ -39,8 +39,9 @@ def test_lint_is_clean():
 def test_dry_run_lists_every_stage(tmp_path):
     write_config(tmp_path / "config.yaml", tiny_config())
     out = snakemake(tmp_path, "-n").stdout
-    for rule in ("demo_data", "shard", "run_config", "pretrain", "baseline_encoder", "linear_probe", "probe_table",
-                 "loss_figure"):
+    for rule in ("demo_data", "shard", "run_config", "pretrain", "baseline_encoder", "epoch_checkpoint", "features",
+                 "linear_probe", "knn", "knn_epoch", "finetune", "partial_finetune", "probe_table", "knn_table",
+                 "finetune_table", "partial_finetune_table", "loss_figure", "epochs_figure", "partial_figure"):
         assert f"rule {rule}:" in out or f"{rule} " in out, rule
 
 
@@ -74,12 +75,25 @@ def test_tiny_pipeline_runs_end_to_end_and_then_has_nothing_to_do(tmp_path):
     summary = json.loads((res / "pretrain/mae/summary.json").read_text())
     assert summary["steps"] == 12 and summary["images_seen"] == 768
     assert (res / "pretrain/mae/epochs/ckpt-1.pt").exists() and (res / "pretrain/mae/epochs/ckpt-2.pt").exists()
+    assert (res / "pretrain/mae/epochs/ckpt-2.pt").stat().st_ino == (res / "pretrain/mae/resume/epochs/ckpt-2.pt").stat().st_ino
     rows = [json.loads(line) for line in (res / "pretrain/mae/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(2, 13, 2))
     table = pd.read_csv(res / "tables/linear_probe.csv")
     assert list(table["run"]) == ["mae", "random_init", "raw_pixels"]
     assert table["top-1"].between(10, 100).all()  # above chance (10 classes) and a real percentage
     assert (res / "figures/pretrain_loss.png").stat().st_size > 10_000
+    for task in ("knn", "finetune"):
+        table = pd.read_csv(res / f"tables/{task}.csv")
+        assert list(table["run"]) == (["mae", "random_init", "raw_pixels"] if task == "knn" else ["mae", "random_init"])
+        assert table["top-1"].between(5, 100).all()
+    partial = pd.read_csv(res / "tables/partial_finetune.csv")
+    assert sorted(zip(partial["run"], partial["tuned blocks"])) == [("mae", 0), ("mae", 1), ("random_init", 0),
+                                                                    ("random_init", 1)]
+    knn_epochs = [json.loads((res / f"eval/mae/knn-ep{e}.json").read_text()) for e in (1, 2)]
+    assert [r["pretrain_epochs"] for r in knn_epochs] == [1, 2]
+    assert knn_epochs[1]["metrics"] == json.loads((res / "eval/mae/knn.json").read_text())["metrics"]  # ep2 = final
+    for name in ("accuracy_vs_epochs", "partial_finetune"):
+        assert (res / f"figures/{name}.png").stat().st_size > 10_000 and (res / f"figures/{name}.pdf").exists()
     second = snakemake(tmp_path, "-n")
     assert "Nothing to be done" in second.stdout + second.stderr
 

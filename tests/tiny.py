@@ -11,8 +11,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 TINY_RUN = {"arch": "vit_tiny", "depth": 2, "embed_dim": 64, "num_heads": 2, "patch_size": 8, "epochs": 2,
             "warmup_epochs": 0.5, "batch_size": 64, "samples_per_epoch": 384, "checkpoint_epochs": [1, 2],
-            "checkpoint_every_steps": 4, "num_workers": 0, "log_every_steps": 2, "base_lr": 1e-3}
+            "checkpoint_every_steps": 4, "log_every_steps": 2, "base_lr": 1e-3}
 TINY_DECODER = {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}
+TINY_FINETUNE = {"epochs": 2, "warmup_epochs": 0.5, "batch_size": 64, "base_lr": 2e-3, "samples_per_epoch": 256,
+                 "eval_every_epochs": 1, "checkpoint_every_steps": 2, "log_every_steps": 2}
 
 
 def tiny_config(methods=("mae",), **launch) -> dict:
@@ -31,8 +33,11 @@ def tiny_config(methods=("mae",), **launch) -> dict:
         "runs": {},
         # LARS moves a weight by lr x 0.001 of its norm per step, so a probe of few steps needs a large lr
         "evaluations": {"linear_probe": {"features": "cached", "epochs": 20, "warmup_epochs": 2, "batch_size": 128,
-                                         "base_lr": 6.4, "num_workers": 0}},
-        "launch": {"launcher": "inprocess", "cpus_per_task": 2, **launch},
+                                         "base_lr": 6.4},
+                        "knn": {"k": 10},
+                        "finetune": dict(TINY_FINETUNE),
+                        "partial_finetune": dict(TINY_FINETUNE, blocks=[0, 1])},
+        "launch": {"launcher": "inprocess", "cpus_per_task": 2, "num_workers": 0, **launch},
     }
     for m in methods:
         cfg["runs"][m] = {"method": m}
@@ -46,3 +51,12 @@ def tiny_config(methods=("mae",), **launch) -> dict:
 def write_config(path: Path, cfg: dict) -> Path:
     path.write_text(yaml.safe_dump(copy.deepcopy(cfg), sort_keys=False))
     return path
+
+
+def tiny_run(method: str = "mae", **overrides) -> dict:
+    """A resolved tiny run (32 px, patch 8, 2 blocks of width 64) on the 600-image fmnist split."""
+    from cmim.config import deep_merge, resolve_run, validate
+
+    cfg = tiny_config(methods=(method,))
+    cfg["runs"][method] = deep_merge(cfg["runs"][method], overrides)
+    return resolve_run(validate(cfg), method)

@@ -1,28 +1,39 @@
 """`python -m cmim <stage>`: the one entry point every Snakemake rule calls, runnable by hand too.
 
 Each stage takes its inputs and outputs as explicit paths (no hidden reads), and options as JSON
-from the rule's params. Heavy imports (torch) happen inside the stage that needs them, so
-`python -m cmim validate` answers in well under a second.
+from the rule's params. Where and how fast training runs (the config's `launch` block) comes from
+`--launch` or, for jobs started by Snakemake, from the CMIM_LAUNCH variable the Snakefile sets: it
+is never a tracked parameter, so moving a study to another launcher or partition retrains nothing.
+Heavy imports (torch) happen inside the stage that needs them, so `python -m cmim validate`
+answers in well under a second.
+
+A user error (bad config, data, checkpoint; a full disk; a NaN loss) ends with one line naming the
+file or key and what to do, and a non-zero exit code; `--debug` (or CMIM_TRACEBACK=1, which the
+Snakefile sets so job logs keep it) adds the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from cmim.config import ConfigError
+
+LAUNCH_ENV = "CMIM_LAUNCH"
 
 
 def _json(text: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise SystemExit(f"expected a JSON object, got {text!r}: {e}") from e
+        raise ConfigError(f"expected a JSON object, got {text!r}: {e}") from e
     if not isinstance(value, dict):
-        raise SystemExit(f"expected a JSON object, got {text!r}")
+        raise ConfigError(f"expected a JSON object, got {text!r}")
     return value
 
 
@@ -30,7 +41,31 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-# ----------------------------------------------------------------------------- stages
+def launch_block(text: str | None) -> dict:
+    """--launch JSON, else $CMIM_LAUNCH, else in-process; defaults filled and checked."""
+    from cmim.config import launch_settings
+
+    raw = text if text is not None else os.environ.get(LAUNCH_ENV)
+    return launch_settings(_json(raw) if raw else {})
+
+
+def _read_run(path) -> dict:
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"run config {path} not found; it is written by the run_config rule "
+                                f"(snakemake {path})")
+    return yaml.safe_load(path.read_text())
+
+
+def _num_workers(args) -> int:
+    from cmim.launch import default_num_workers
+
+    return default_num_workers(launch_block(getattr(args, "launch", None)))
+
+
+# ----------------------------------------------------------------------------- config and data
 
 
 def cmd_validate(args) -> int:
@@ -90,48 +125,182 @@ def cmd_shard(args) -> int:
     return 0
 
 
-def cmd_pretrain(args) -> int:
-    import yaml
+# ----------------------------------------------------------------------------- training
 
+
+def cmd_pretrain(args) -> int:
     from cmim.launch import launch_pretrain
 
-    run = yaml.safe_load(Path(args.run_config).read_text())
-    launch = _json(args.launch)
-    launch_pretrain(Path(args.run_config), Path(args.manifest), Path(args.out), launch, run["run"], log=log)
+    run = _read_run(args.run_config)
+    launch_pretrain(Path(args.run_config), Path(args.manifest), Path(args.out), launch_block(args.launch), run["run"],
+                    log=log)
+    return 0
+
+
+def cmd_link_epoch(args) -> int:
+    """Materialise a run's epoch checkpoint (exported under resume/ while training) as a rule output."""
+    from cmim.paths import RunFiles
+    from cmim.train.checkpoint import CheckpointError
+
+    source = RunFiles(Path(args.run_dir)).resume_epoch_checkpoint(args.epoch)
+    if not source.exists():
+        raise CheckpointError(f"{source} not found: run {args.run_dir} did not save epoch {args.epoch} (is it in "
+                              f"its checkpoint_epochs? was resume/ deleted?); re-run its pretraining "
+                              f"(snakemake --forcerun pretrain {args.run_dir}/checkpoint.pt)")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    try:
+        os.link(source, out)           # no second copy of a large encoder
+    except OSError:
+        import shutil
+
+        from cmim import io
+
+        with io.atomic_path(out) as tmp:
+            shutil.copyfile(source, tmp)
+    log(f"[epoch checkpoint] {out} -> {source}")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from cmim.launch import launch_job
+    from cmim.train.checkpoint import file_sha256, read_encoder_checkpoint
+
+    run = _read_run(args.run_config)
+    read_encoder_checkpoint(Path(args.checkpoint))  # fail here, before any job starts, on a bad file
+    job = {"task": "finetune", "run_config": args.run_config, "checkpoint": args.checkpoint,
+           "checkpoint_sha256": file_sha256(Path(args.checkpoint)), "train_manifest": args.train_manifest,
+           "val_manifest": args.val_manifest, "options": _json(args.options), "data": _json(args.data),
+           "blocks": args.blocks, "result": args.result}
+    if args.blocks is not None:
+        depth = run["encoder"]["depth"]
+        if not 0 <= args.blocks <= depth:
+            raise ConfigError(f"partial_finetune.blocks: k = {args.blocks} but run {run['run']}'s encoder has "
+                              f"{depth} blocks; choose 0 <= k <= {depth}")
+    name = f"{run['run']}-" + ("finetune" if args.blocks is None else f"partial-k{args.blocks}")
+    launch_job(job, Path(args.out_dir), launch_block(args.launch), name, log=log)
+    return 0
+
+
+# ----------------------------------------------------------------------------- frozen evaluations
+
+
+def _frozen_extractor(run: dict, checkpoint: Path):
+    from cmim.evals.features import FeatureExtractor
+    from cmim.train.checkpoint import load_encoder
+
+    encoder, ckpt = load_encoder(checkpoint, expected_spec=run["encoder"])
+    data = run["data"]
+    return FeatureExtractor(encoder, run["probe_feature"], data["mean"], data["std"]), ckpt
+
+
+def _labelled_classes(manifest_path) -> list[str]:
+    from cmim.data.loader import class_names, read_manifest
+
+    classes = class_names(read_manifest(manifest_path))
+    if len(classes) < 2:
+        raise ConfigError(f"{manifest_path}: a frozen evaluation needs a labelled dataset with >= 2 classes, "
+                          f"found {len(classes)}; set evaluations.<task>.dataset to a labelled dataset")
+    return classes
+
+
+def cmd_features(args) -> int:
+    import torch
+
+    from cmim.evals.features import extract_split, save_features
+    from cmim.evals.results import checkpoint_info
+    from cmim.train.checkpoint import file_sha256
+
+    run = _read_run(args.run_config)
+    data, opts = _json(args.data), _json(args.options)
+    classes = _labelled_classes(args.train_manifest)
+    extractor, ckpt = _frozen_extractor(run, Path(args.checkpoint))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    started = time.perf_counter()
+    common = dict(device=device, batch_size=opts["batch_size"], num_workers=_num_workers(args), log=log)
+    train = extract_split(extractor, args.train_manifest, data["image_size"], data["eval_crop_pct"],
+                          max_samples=opts["max_train_samples"], what="train features", **common)
+    val = extract_split(extractor, args.val_manifest, data["image_size"], data["eval_crop_pct"],
+                        max_samples=opts["max_val_samples"], what="val features", **common)
+    save_features(args.out, train=train, val=val, run=run["run"], feature=run["probe_feature"], classes=classes,
+                  dataset=data["dataset"], checkpoint=checkpoint_info(Path(args.checkpoint), ckpt,
+                                                                      file_sha256(Path(args.checkpoint))),
+                  wall_time_s=time.perf_counter() - started)
+    log(f"[features] {run['run']} ({run['probe_feature']}): {len(train[1])} train, {len(val[1])} val, "
+        f"dim {train[0].shape[1]}, {time.perf_counter() - started:.1f}s")
+    return 0
+
+
+def _dataset_info(feats: dict, classes: list[str]) -> dict:
+    return {"name": feats["dataset"], "train_samples": len(feats["train_y"]), "val_samples": len(feats["val_y"]),
+            "num_classes": len(classes)}
+
+
+def cmd_knn(args) -> int:
+    from cmim.evals import results
+    from cmim.evals.features import load_features
+    from cmim.evals.knn import knn_accuracy
+
+    run = _read_run(args.run_config)
+    opts = _json(args.options)
+    feats = load_features(args.features)
+    started = time.perf_counter()
+    metrics = knn_accuracy(feats["train_x"], feats["train_y"], feats["val_x"], feats["val_y"], len(feats["classes"]),
+                           k=opts["k"], temperature=opts["temperature"])
+    protocol = {"k": opts["k"], "temperature": opts["temperature"], "similarity": "cosine",
+                "feature": feats["feature"], "features": "centre view"}
+    result = results.record(args.task, run, metrics, protocol=protocol, checkpoint=feats["checkpoint"],
+                            dataset=_dataset_info(feats, feats["classes"]),
+                            wall_time_s=time.perf_counter() - started + feats["wall_time_s"], feature=feats["feature"])
+    results.write(Path(args.out), result)
+    log(f"[knn] {run['run']} {args.task}: top1 {metrics['top1']:.2f}")
     return 0
 
 
 def cmd_linear_probe(args) -> int:
     import torch
-    import yaml
 
-    from cmim import io
-    from cmim.data.loader import class_names, read_manifest
-    from cmim.evals.features import FeatureExtractor
+    from cmim.data.loader import read_manifest
+    from cmim.evals import results
+    from cmim.evals.features import load_features
     from cmim.evals.linear_probe import LinearProbe, ProbeOptions
-    from cmim.train.checkpoint import load_encoder
+    from cmim.train.checkpoint import file_sha256
 
-    run = yaml.safe_load(Path(args.run_config).read_text())
+    run = _read_run(args.run_config)
     opts = ProbeOptions.from_config(_json(args.options))
     data = _json(args.data)
-    encoder, ckpt = load_encoder(Path(args.checkpoint), expected_spec=run["encoder"])
-    feature = run["probe_feature"]
-    extractor = FeatureExtractor(encoder, feature, data["mean"], data["std"])
-    train_manifest = read_manifest(args.train_manifest)
-    num_classes = len(class_names(train_manifest))
-    if num_classes < 2:
-        raise SystemExit(f"{args.train_manifest}: a linear probe needs a labelled dataset with >= 2 classes")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
-    result = LinearProbe(extractor, num_classes, opts, device, data["image_size"], data["eval_crop_pct"],
-                         log=log).run(args.train_manifest, args.val_manifest, train_manifest["num_samples"])
-    result.update(run=run["run"], method=run["method"], feature=feature, task="linear_probe",
-                  encoder=run["encoder"], pretrain_epochs=run["epochs"] if run["method"] not in
-                  ("random_init", "raw_pixels") else 0, dataset=data["dataset"], protocol=opts.__dict__,
-                  wall_time_s=time.perf_counter() - started, checkpoint_step=ckpt.get("step"))
-    io.write_json(args.out, result)
-    log(f"[linear probe] {run['run']} ({feature}): top1 {result['top1']:.2f}")
+    if opts.features == "cached":
+        feats = load_features(args.features)
+        classes, feature, checkpoint = feats["classes"], feats["feature"], feats["checkpoint"]
+        probe = LinearProbe(None, len(classes), opts, device, data["image_size"], data["eval_crop_pct"], log=log)
+        out = probe.run(cached=(feats["train_x"], feats["train_y"], feats["val_x"], feats["val_y"]))
+        started -= feats["wall_time_s"]
+    else:
+        from cmim.evals.results import checkpoint_info
+
+        classes = _labelled_classes(args.train_manifest)
+        extractor, ckpt = _frozen_extractor(run, Path(args.checkpoint))
+        feature = run["probe_feature"]
+        checkpoint = checkpoint_info(Path(args.checkpoint), ckpt, file_sha256(Path(args.checkpoint)))
+        probe = LinearProbe(extractor, len(classes), opts, device, data["image_size"], data["eval_crop_pct"],
+                            num_workers=_num_workers(args), log=log)
+        out = probe.run(args.train_manifest, args.val_manifest, read_manifest(args.train_manifest)["num_samples"])
+    metrics = {k: out[k] for k in ("top1", "top5") if k in out}
+    result = results.record(
+        args.task, run, metrics, protocol={**opts.__dict__, "feature": feature}, checkpoint=checkpoint,
+        dataset={"name": data["dataset"], "train_samples": out["train_samples"], "val_samples": out["val_samples"],
+                 "num_classes": len(classes)},
+        wall_time_s=time.perf_counter() - started, feature=feature, history=out["history"],
+        feature_dim=out["feature_dim"], steps=out["steps"], lr=out["lr"], batch_size=out["batch_size"])
+    results.write(Path(args.out), result)
+    log(f"[linear probe] {run['run']} {args.task} ({feature}): top1 {metrics['top1']:.2f}")
     return 0
+
+
+# ----------------------------------------------------------------------------- report
 
 
 def cmd_report(args) -> int:
@@ -139,10 +308,20 @@ def cmd_report(args) -> int:
 
     if args.what == "probe-table":
         tables.probe_table([Path(p) for p in args.inputs], Path(args.out), Path(args.out_csv))
+    elif args.what == "eval-table":
+        tables.eval_table(args.task, [Path(p) for p in args.inputs], Path(args.out), Path(args.out_csv))
     elif args.what == "loss-figure":
         from cmim.report import figures
 
         figures.loss_curves([Path(p) for p in args.inputs], Path(args.out))
+    elif args.what == "epochs-figure":
+        from cmim.report import figures
+
+        figures.accuracy_vs_epochs([Path(p) for p in args.inputs], Path(args.out))
+    elif args.what == "partial-figure":
+        from cmim.report import figures
+
+        figures.partial_finetune([Path(p) for p in args.inputs], Path(args.out))
     return 0
 
 
@@ -151,12 +330,17 @@ def cmd_report(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cmim", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
 
     def config_args(s):
         s.add_argument("--configfile", nargs="+", default=["config.yaml"], help="config files, merged left to right")
         s.add_argument("--set", nargs="*", default=[], metavar="KEY.PATH=VALUE",
                        help="overrides, e.g. runs.mae.epochs=2")
+
+    def launch_arg(s):
+        s.add_argument("--launch", default=None,
+                       help=f"JSON of the config's launch block (default: ${LAUNCH_ENV}, else in-process)")
 
     s = sub.add_parser("validate", help="check a config (schema + cross-key checks)")
     config_args(s)
@@ -190,29 +374,83 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run-config", required=True, help="the run's resolved config.yaml")
     s.add_argument("--manifest", required=True, help="train split manifest.json")
     s.add_argument("--out", required=True, help="the run's folder")
-    s.add_argument("--launch", default='{"launcher": "inprocess"}', help="JSON of the config's launch block")
+    launch_arg(s)
     s.set_defaults(fn=cmd_pretrain)
 
-    s = sub.add_parser("linear-probe", help="linear probe of a run's frozen encoder")
+    s = sub.add_parser("link-epoch", help="materialise a run's epoch checkpoint as a rule output")
+    s.add_argument("--run-dir", required=True)
+    s.add_argument("--epoch", required=True, type=int)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=cmd_link_epoch)
+
+    s = sub.add_parser("finetune", help="end-to-end (or, with --blocks K, partial) finetuning of a run's encoder")
+    for a in ("--run-config", "--checkpoint", "--train-manifest", "--val-manifest", "--out-dir", "--result"):
+        s.add_argument(a, required=True)
+    s.add_argument("--options", required=True, help="JSON of evaluations.finetune (this run's protocol)")
+    s.add_argument("--data", required=True, help="JSON: dataset, mean, std, image_size, eval_crop_pct")
+    s.add_argument("--blocks", type=int, default=None, help="partial finetuning: train only the last K blocks")
+    launch_arg(s)
+    s.set_defaults(fn=cmd_finetune)
+
+    s = sub.add_parser("features", help="frozen centre-view features of a checkpoint on a train and a val split")
     for a in ("--run-config", "--checkpoint", "--train-manifest", "--val-manifest", "--out"):
         s.add_argument(a, required=True)
+    s.add_argument("--data", required=True, help="JSON: dataset, mean, std, image_size, eval_crop_pct")
+    s.add_argument("--options", required=True, help="JSON of the config's features block")
+    launch_arg(s)
+    s.set_defaults(fn=cmd_features)
+
+    s = sub.add_parser("knn", help="weighted kNN classification of cached frozen features")
+    for a in ("--run-config", "--features", "--out"):
+        s.add_argument(a, required=True)
+    s.add_argument("--options", required=True, help="JSON of evaluations.knn")
+    s.add_argument("--task", default="knn", help="result name: knn or knn-ep<E>")
+    s.set_defaults(fn=cmd_knn)
+
+    s = sub.add_parser("linear-probe", help="linear probe of a run's frozen encoder")
+    s.add_argument("--run-config", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--features", help="cached features file (features: cached)")
+    for a in ("--checkpoint", "--train-manifest", "--val-manifest"):
+        s.add_argument(a, help="(features: augmented)")
     s.add_argument("--options", required=True, help="JSON of evaluations.linear_probe")
     s.add_argument("--data", required=True, help="JSON: mean, std, image_size, eval_crop_pct, dataset")
+    s.add_argument("--task", default="linear_probe", help="result name: linear_probe or linear_probe-ep<E>")
+    launch_arg(s)
     s.set_defaults(fn=cmd_linear_probe)
 
     s = sub.add_parser("report", help="tables and figures")
-    s.add_argument("what", choices=["probe-table", "loss-figure"])
+    s.add_argument("what", choices=["probe-table", "eval-table", "loss-figure", "epochs-figure", "partial-figure"])
     s.add_argument("--inputs", nargs="+", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--out-csv")
+    s.add_argument("--task", help="eval-table: the task whose results these are")
     s.set_defaults(fn=cmd_report)
     return p
 
 
+USER_ERRORS = {"ConfigError", "DataError", "ShardingError", "SourceError", "CheckpointError", "NonFiniteLoss",
+               "RunLocked", "JobFailed"}
+
+
+def is_user_error(e: BaseException) -> bool:
+    """Errors caused by input (config, data, checkpoints, the disk), said in one line; anything else is
+    a bug and keeps its traceback. By class name, so an error needs no heavy import to be recognised."""
+    if isinstance(e, (OSError, ValueError)):
+        return True
+    return any(c.__name__ in USER_ERRORS and c.__module__.startswith("cmim.") for c in type(e).__mro__)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("CMIM_TRACEBACK") == "1"
     try:
         return args.fn(args)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        if not is_user_error(e):
+            raise
+        if debug:
+            traceback.print_exc()
+        kind = "config error" if isinstance(e, ConfigError) else "error"
+        print(f"cmim {args.command}: {kind}: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1

@@ -24,6 +24,15 @@ TRAINED_METHODS = ("mae", "can", "cmae", "simclr")
 BASELINE_METHODS = ("random_init", "raw_pixels")
 METHOD_OPTION_KEYS = TRAINED_METHODS  # a run may carry an options block named after its method only
 
+# Evaluation tasks, and which runs each can take: a task that trains or reads an encoder cannot
+# take raw_pixels (there is no encoder to finetune).
+FROZEN_TASKS = ("linear_probe", "knn")
+TRAINED_TASKS = ("finetune", "partial_finetune")
+TASKS = FROZEN_TASKS + TRAINED_TASKS
+NEEDS_ENCODER = TRAINED_TASKS
+# Keys that moved out of runs and evaluations: they decide how fast a job runs, not what it computes.
+MOVED_KEYS = {"num_workers": "launch.num_workers"}
+
 # The probe feature each method is evaluated with when probe_feature is "auto" (METHODS.md:
 # MAE and CMAE probe the cls token, CAN and SimCLR their contrastive feature, the patch mean).
 AUTO_PROBE_FEATURE = {"mae": "cls", "cmae": "cls", "can": "mean", "simclr": "mean",
@@ -174,9 +183,13 @@ def _explain(error: jsonschema.ValidationError, root: dict) -> list[str]:
         lines = []
         unknown = [k for k in set(error.instance) - set(allowed) if not any(re.search(p, k) for p in patterns)]
         for key in sorted(unknown):
+            full = f"{where}.{key}" if error.absolute_path else str(key)
+            if key in MOVED_KEYS and where != "launch":
+                lines.append(f"{full}: moved to {MOVED_KEYS[key]} (it decides how fast jobs run, not what they "
+                             f"compute, so changing it never reruns anything); set it there once")
+                continue
             hint = difflib.get_close_matches(str(key), allowed, n=1)
             did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
-            full = f"{where}.{key}" if error.absolute_path else str(key)
             extension = " or x-<name> for YAML anchors" if not error.absolute_path else ""
             lines.append(f"{full}: unknown key{did_you_mean}; allowed here: {', '.join(allowed)}{extension}")
         return lines
@@ -261,18 +274,48 @@ def probe_feature(run: dict) -> str:
     return AUTO_PROBE_FEATURE[run["method"]] if run["probe_feature"] == "auto" else run["probe_feature"]
 
 
+def launch_settings(partial: dict | None) -> dict:
+    """A launch block with every default filled in and checked (from the config, the CLI or the
+    CMIM_LAUNCH variable the Snakefile sets for its jobs)."""
+    root = schema()
+    node = root["$defs"]["launch"]
+    block = copy.deepcopy(partial or {})
+    errors = list(jsonschema.Draft202012Validator({**node, "$defs": root["$defs"]}).iter_errors(block))
+    if errors:
+        lines = [f"launch.{_key_path(e.absolute_path)}: {e.message}" for e in errors]
+        raise ConfigError("launch settings: " + "; ".join(lines))
+    return fill_defaults(block, node, root)
+
+
 def config_hash(obj: Any) -> str:
     """Stable short hash of a JSON-able object (for provenance and stale-checkpoint detection)."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def run_method(config: dict, run_id: str) -> str | None:
+    return {**config.get("run_defaults", {}), **config["runs"][run_id]}.get("method")
+
+
 def evaluated_runs(config: dict, task: str) -> list[str]:
-    """Run ids an evaluation task covers, in config order."""
+    """Run ids an evaluation task covers, in config order ("all" = every run the task can take)."""
     spec = config["evaluations"].get(task)
     if spec is None:
         return []
-    return list(config["runs"]) if spec["runs"] == "all" else list(spec["runs"])
+    if spec["runs"] != "all":
+        return list(spec["runs"])
+    runs = list(config["runs"])
+    if task in NEEDS_ENCODER:
+        runs = [r for r in runs if run_method(config, r) != "raw_pixels"]
+    return runs
+
+
+def eval_options(config: dict, task: str, run_id: str) -> dict:
+    """The protocol of one task for one run: the task's block with that run's `per_run` keys on top
+    (without the selection keys `runs` / `per_run`)."""
+    spec = config["evaluations"][task]
+    own = spec.get("per_run", {}).get(run_id, {})
+    return {k: v for k, v in deep_merge(spec, own).items() if k not in ("runs", "per_run")}
 
 
 # ----------------------------------------------------------------------------- cross-key checks
@@ -289,13 +332,7 @@ def _check_semantics(config: dict, raw: dict) -> list[str]:
     for run_id in config["runs"]:
         problems += _check_run(config, run_id)
     for task, spec in config["evaluations"].items():
-        if spec.get("runs") != "all":
-            for run_id in spec.get("runs", []):
-                if run_id not in config["runs"]:
-                    problems.append(f"evaluations.{task}.runs: unknown run '{run_id}'; runs: "
-                                    f"{sorted(config['runs'])}")
-        if spec.get("dataset") is not None and spec["dataset"] not in datasets:
-            problems.append(f"evaluations.{task}.dataset: unknown dataset '{spec['dataset']}'")
+        problems += _check_task(config, task, spec)
     report_runs = config["report"]["loss_curve_runs"]
     if report_runs != "all":
         problems += [f"report.loss_curve_runs: unknown run '{r}'" for r in report_runs
@@ -304,6 +341,46 @@ def _check_semantics(config: dict, raw: dict) -> list[str]:
     if launch["launcher"] != "slurm" and launch["nodes"] > 1:
         problems.append(f"launch.nodes: {launch['nodes']} nodes need launcher: slurm "
                         f"(got {launch['launcher']})")
+    return problems
+
+
+def _check_task(config: dict, task: str, spec: dict) -> list[str]:
+    where = f"evaluations.{task}"
+    problems = []
+    if spec.get("runs") != "all":
+        for run_id in spec.get("runs", []):
+            if run_id not in config["runs"]:
+                problems.append(f"{where}.runs: unknown run '{run_id}'; runs: {sorted(config['runs'])}")
+            elif task in NEEDS_ENCODER and run_method(config, run_id) == "raw_pixels":
+                problems.append(f"{where}.runs: '{run_id}' is the raw_pixels baseline, which has no encoder to "
+                                f"{task.replace('_', ' ')}; remove it from the list")
+    if spec.get("dataset") is not None and spec["dataset"] not in config["datasets"]:
+        problems.append(f"{where}.dataset: unknown dataset '{spec['dataset']}'; datasets: {sorted(config['datasets'])}")
+    root = schema()
+    task_schema = _resolve(root["$defs"][task], root)
+    for run_id, own in spec.get("per_run", {}).items():
+        if run_id not in config["runs"]:
+            problems.append(f"{where}.per_run: unknown run '{run_id}'; runs: {sorted(config['runs'])}")
+            continue
+        for key in own:
+            if key in ("runs", "per_run", "dataset") or key not in task_schema["properties"]:
+                allowed = sorted(set(task_schema["properties"]) - {"runs", "per_run", "dataset"})
+                hint = difflib.get_close_matches(str(key), allowed, n=1)
+                problems.append(f"{where}.per_run.{run_id}.{key}: not a key that can differ per run"
+                                + (f" (did you mean '{hint[0]}'?)" if hint else "") + f"; allowed: {', '.join(allowed)}")
+        partial = {**task_schema, "required": []}
+        validator = jsonschema.Draft202012Validator({**partial, "$defs": root["$defs"]})
+        for error in validator.iter_errors({k: v for k, v in own.items() if k in task_schema["properties"]}):
+            problems.append(f"{where}.per_run.{run_id}.{_key_path(error.absolute_path)}: {error.message}")
+    if task == "partial_finetune":
+        for run_id in evaluated_runs(config, task):
+            if run_id not in config["runs"]:
+                continue
+            depth = encoder_spec(run_options(config, run_id), 1)["depth"]
+            too_deep = [k for k in eval_options(config, task, run_id)["blocks"] if k > depth]
+            if too_deep:
+                problems.append(f"{where}.blocks: {too_deep} exceed the depth of run '{run_id}' ({depth} blocks); "
+                                f"k counts the last blocks that train, so k <= {depth}")
     return problems
 
 

@@ -8,6 +8,7 @@ same directory, flushed to disk, then renamed (rename is atomic within one files
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -20,19 +21,35 @@ from typing import Any
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it is renamed to `path`, on error removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _named(e, path) from None
     os.close(fd)
     tmp = Path(tmp)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask like any file
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as e:
+            if e.filename and str(e.filename) != str(path) and Path(e.filename) != tmp:
+                raise
+            raise _named(e, path) from e
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _named(e: OSError, path: Path) -> OSError:
+    """The error of writing `path` (not of its hidden temporary file), with what to do."""
+    hint = {errno.ENOSPC: "the disk is full: free space and run again",
+            errno.EACCES: f"no permission to write in {path.parent}: fix its permissions or write elsewhere",
+            errno.EROFS: f"{path.parent} is on a read-only filesystem"}.get(e.errno, e.strerror or str(e))
+    return OSError(e.errno, f"cannot write {path}: {hint}")
 
 
 def _umask() -> int:

@@ -1,12 +1,16 @@
-"""Where training runs: one launcher for every topology, all through submitit (DESIGN section 4).
+"""Where training runs: one launcher for every trained job and every topology, all through submitit
+(DESIGN section 4).
 
 - inprocess: the job callable in this process (tests, debugging, the demo);
 - local: submitit's local executor, N processes with DDP on this machine;
 - slurm: a SLURM job (nodes x tasks), requeued on preemption/timeout, waited for here (so the
   Snakemake rule that calls it is a localrule running on the login node).
 
-The submitted callable holds only paths; all state lives on disk, so a requeued or re-run job
-resumes from the newest checkpoint without flags.
+A job (pretraining, finetuning, segmentation, detection) is described by one small file,
+`<job folder>/job.yaml` ({"task": kind, ...paths and options}); the submitted callable holds only
+its path and all state lives on disk, so a requeued or re-run job resumes from the newest state
+without flags. The launch block itself never enters a job's identity: moving a job to another
+launcher, partition or time limit does not retrain it.
 """
 
 from __future__ import annotations
@@ -18,31 +22,51 @@ from pathlib import Path
 import submitit
 import yaml
 
+from cmim import io
 from cmim.paths import RunFiles
 
 
-class PretrainJob:
+def default_num_workers(launch: dict, available: int | None = None) -> int:
+    """`launch.num_workers: auto`: every core the job's process has but one (the training process),
+    at most 8; an integer is taken as given."""
+    if launch.get("num_workers", "auto") != "auto":
+        return int(launch["num_workers"])
+    cores = available if available is not None else len(os.sched_getaffinity(0))
+    per_task = min(cores, launch.get("cpus_per_task") or cores)
+    return max(0, min(8, per_task - 1))
+
+
+class TrainJob:
     """A checkpointable training job: submitit calls `checkpoint()` on preemption and requeues it."""
 
-    def __init__(self, run_config: str, manifest: str, out_dir: str) -> None:
-        self.run_config, self.manifest, self.out_dir = str(run_config), str(manifest), str(out_dir)
+    def __init__(self, job_file: str) -> None:
+        self.job_file = str(job_file)
 
     def __call__(self) -> dict:
+        from cmim.tasks import build_task
         from cmim.train import distributed
-        from cmim.train.engine import Pretrainer
+        from cmim.train.engine import Trainer
 
-        run = yaml.safe_load(Path(self.run_config).read_text())
+        job = yaml.safe_load(Path(self.job_file).read_text())
         env = distributed.setup(use_cuda=None)
         try:
-            return Pretrainer(run, Path(self.manifest), RunFiles(Path(self.out_dir)), env,
-                              log=lambda m: print(m, flush=True)).fit()
+            task = build_task(job)
+            return Trainer(task, RunFiles(Path(job["out_dir"])), env, num_workers=job.get("num_workers", 0),
+                           log=lambda m: print(m, flush=True)).fit()
         finally:
             distributed.teardown()
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
         # The training loop saved a consistent state before handing the signal over; the requeued
         # job is a fresh instance that finds it on disk.
-        return submitit.helpers.DelayedSubmission(PretrainJob(self.run_config, self.manifest, self.out_dir))
+        return submitit.helpers.DelayedSubmission(TrainJob(self.job_file))
+
+
+def write_job(out_dir: Path, job: dict) -> Path:
+    """The job file every rank reads; rewritten at each launch (it holds paths, not state)."""
+    files = RunFiles(Path(out_dir))
+    io.write_text(files.job, yaml.safe_dump({**job, "out_dir": str(out_dir)}, sort_keys=True))
+    return files.job
 
 
 def tasks_per_node(launch: dict) -> int:
@@ -99,33 +123,63 @@ def _relay(job: submitit.Job, offset: int, log) -> int:
     return offset + len(chunk)
 
 
-def submit_pretrain(run_config: Path, manifest: Path, out_dir: Path, launch: dict, run_id: str,
-                    log=print) -> submitit.Job:
-    """Submit the training job to the local or SLURM executor (not for inprocess)."""
-    folder = RunFiles(Path(out_dir)).submitit
-    executor = make_executor(launch, folder.resolve(), name=f"cmim-{run_id}")
+def submit_job(job_file: Path, launch: dict, name: str, log=print) -> submitit.Job:
+    """Submit a training job to the local or SLURM executor (not for inprocess)."""
+    folder = RunFiles(Path(job_file).parent).submitit
+    executor = make_executor(launch, folder.resolve(), name=f"cmim-{name}")
     with submitit.helpers.clean_env():  # never inherit an outer job's SLURM/torch.distributed variables
-        job = executor.submit(PretrainJob(str(run_config), str(manifest), str(out_dir)))
-    log(f"[launch] {launch['launcher']} job {job.job_id} for run {run_id}; logs in {folder}")
+        job = executor.submit(TrainJob(str(job_file)))
+    log(f"[launch] {launch['launcher']} job {job.job_id} for {name}; logs in {folder}")
     return job
 
 
-def wait_for(job: submitit.Job, run_id: str, log=print) -> dict:
+class JobFailed(RuntimeError):
+    """A submitted training job ended with an error; its log holds the traceback."""
+
+
+def wait_for(job: submitit.Job, name: str, log=print) -> dict:
     """Relay the job's progress until it ends (requeues included); its rank-0 result, or an error with its log."""
     try:
         _follow(job, log)
         results = job.results()
     except Exception as e:
-        raise RuntimeError(f"training job {job.job_id} of run {run_id} failed: {e}\nlogs: {job.paths.stdout}") from e
+        last = str(e).strip().splitlines()
+        reason = next((line for line in reversed(last) if line.strip()), type(e).__name__)
+        raise JobFailed(f"training job {job.job_id} of {name} failed: {reason}; its log: {job.paths.stdout}") from e
     return results[0]
 
 
-def launch_pretrain(run_config: Path, manifest: Path, out_dir: Path, launch: dict, run_id: str, log=print) -> dict:
-    """Run the training job on the configured launcher and wait for it; raise with the job's log on failure."""
-    untrained = yaml.safe_load(Path(run_config).read_text()).get("epochs") == 0  # random_init, raw_pixels
-    if launch["launcher"] == "inprocess" or untrained:
+def launch_job(job: dict, out_dir: Path, launch: dict, name: str, log=print) -> dict:
+    """Write the job file, run the job on the configured launcher and wait for it."""
+    job = {**job, "num_workers": default_num_workers(launch)}
+    job_file = write_job(Path(out_dir), job)
+    if launch["launcher"] == "inprocess":
         # The same callable, called here. Not through submitit's debug executor: that one opens
         # pdb on any exception, which would hang a pipeline job waiting on stdin.
-        return PretrainJob(str(run_config), str(manifest), str(out_dir))()
-    return wait_for(submit_pretrain(run_config, manifest, out_dir, launch, run_id, log), run_id, log)
+        return TrainJob(str(job_file))()
+    return wait_for(submit_job(job_file, launch, name, log), name, log)
 
+
+# ----------------------------------------------------------------------------- pretraining
+
+
+def pretrain_job(run_config: Path, manifest: Path) -> dict:
+    return {"task": "pretrain", "run_config": str(run_config), "manifest": str(manifest)}
+
+
+def submit_pretrain(run_config: Path, manifest: Path, out_dir: Path, launch: dict, run_id: str,
+                    log=print) -> submitit.Job:
+    job = {**pretrain_job(run_config, manifest), "num_workers": default_num_workers(launch)}
+    return submit_job(write_job(Path(out_dir), job), launch, run_id, log)
+
+
+def launch_pretrain(run_config: Path, manifest: Path, out_dir: Path, launch: dict, run_id: str, log=print) -> dict:
+    """Pretrain one run on the configured launcher; the untrained baselines are written here, in seconds."""
+    run = yaml.safe_load(Path(run_config).read_text())
+    from cmim.config import BASELINE_METHODS
+
+    if run["method"] in BASELINE_METHODS:
+        from cmim.tasks.pretrain import write_baseline
+
+        return write_baseline(run, RunFiles(Path(out_dir)), log=log)
+    return launch_job(pretrain_job(run_config, manifest), out_dir, launch, run_id, log)

@@ -33,7 +33,8 @@ def manifest(dataset: str, split: str) -> Path:
 
 @dataclass(frozen=True)
 class RunFiles:
-    """The files of one pretraining run under its folder (results/pretrain/<run>/)."""
+    """The files of one training job under its folder: a pretraining run (results/pretrain/<run>/)
+    or a training evaluation (results/eval/<run>/<task>/: finetune, segmentation, detection)."""
     root: Path
 
     @property
@@ -65,7 +66,16 @@ class RunFiles:
         return self.root / "epochs"
 
     def epoch_checkpoint(self, epoch: int) -> Path:
+        """Declared output (rule epoch_checkpoint): a hard link to resume_epoch_checkpoint(epoch)."""
         return self.epochs / f"ckpt-{epoch}.pt"
+
+    def resume_epoch_checkpoint(self, epoch: int) -> Path:
+        """Where training exports epoch E: under resume/, which Snakemake never deletes before a rerun."""
+        return self.resume / "epochs" / f"ckpt-{epoch}.pt"
+
+    @property
+    def job(self) -> Path:             # the job description the launcher hands to every rank
+        return self.root / "job.yaml"
 
     @property
     def submitit(self) -> Path:        # submitit job folder: pickles and per-rank logs
@@ -77,7 +87,19 @@ def run_files(run: str) -> RunFiles:
 
 
 def eval_result(run: str, task: str) -> Path:
+    """results/eval/<run>/<task>.json, task = linear_probe, knn, finetune, partial_finetune-k<K>,
+    ade20k, coco, or <task>-ep<E> for an epoch checkpoint."""
     return RESULTS / "eval" / run / f"{task}.json"
+
+
+def eval_job_files(run: str, task: str) -> RunFiles:
+    """The training folder of a trained evaluation (resume states, metrics, summary, final model)."""
+    return RunFiles(RESULTS / "eval" / run / task)
+
+
+def features(run: str, dataset: str, checkpoint: str) -> Path:
+    """Frozen features of a checkpoint ('final' or 'ep<E>') on a dataset's train and val splits."""
+    return RESULTS / "features" / run / f"{dataset}-{checkpoint}.pt"
 
 
 def table(name: str, ext: str) -> Path:

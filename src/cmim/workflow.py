@@ -10,7 +10,7 @@ import json
 import re
 
 from cmim import paths
-from cmim.config import BASELINE_METHODS, evaluated_runs, resolve_run, validate
+from cmim.config import BASELINE_METHODS, eval_options, evaluated_runs, resolve_run, validate
 
 READER_FORMAT = {"demo-ade20k": "ade20k", "demo-coco": "coco"}  # demo trees are read as the real thing
 DEMO_TREE = {"demo-ade20k": "ADEChallengeData2016", "demo-coco": "coco"}  # cmim.data.scenes.tree_root
@@ -140,32 +140,132 @@ def pretrain_is_local_rule(cfg: dict) -> bool:
     return cfg["launch"]["launcher"] == "slurm"
 
 
+# ----------------------------------------------------------------------------- launch
+
+
+def launch_env(cfg: dict) -> str:
+    """The launch block for CMIM_LAUNCH: jobs read where and how fast to run from the environment,
+    so none of it is a tracked param (changing it never reruns a finished job)."""
+    return _json(cfg["launch"])
+
+
 # ----------------------------------------------------------------------------- evaluations
 
 
-def probe_dataset(cfg: dict, run: str) -> str:
-    spec = cfg["evaluations"]["linear_probe"]
-    return spec["dataset"] or resolve_run(cfg, run)["dataset"]
+def eval_dataset(cfg: dict, task: str, run: str) -> str:
+    spec = cfg["evaluations"][task]
+    return spec.get("dataset") or resolve_run(cfg, run)["dataset"]
 
 
-def probe_inputs(cfg: dict, run: str) -> dict[str, str]:
+def data_json(cfg: dict, dataset: str) -> str:
+    """What an evaluation needs to know of its dataset's images (normalisation, sizes)."""
+    ds = cfg["datasets"][dataset]
+    return _json({"dataset": dataset, "mean": ds["mean"], "std": ds["std"], "image_size": ds["image_size"],
+                  "eval_crop_pct": ds["eval_crop_pct"]})
+
+
+def checkpoint_of(run: str, ckpt: str) -> str:
+    """ckpt 'final' = the run's checkpoint.pt; 'ep<E>' = its epoch-E export (rule epoch_checkpoint)."""
     files = paths.run_files(run)
-    ds = probe_dataset(cfg, run)
+    return str(files.checkpoint if ckpt == "final" else files.epoch_checkpoint(int(ckpt[2:])))
+
+
+def checkpoint_epochs(cfg: dict, run: str) -> list[int]:
+    """Saved epochs of a trained run (none for the untrained baselines)."""
+    resolved = resolve_run(cfg, run)
+    return [] if resolved["method"] in BASELINE_METHODS else sorted(set(resolved["checkpoint_epochs"]))
+
+
+def features_file(cfg: dict, task: str, run: str, epoch: int | None = None) -> str:
+    return str(paths.features(run, eval_dataset(cfg, task, run), "final" if epoch is None else f"ep{epoch}"))
+
+
+def features_inputs(cfg: dict, run: str, dataset: str, ckpt: str) -> dict[str, str]:
+    return {"run_config": str(paths.run_files(run).config), "checkpoint": checkpoint_of(run, ckpt),
+            "train": str(paths.manifest(dataset, "train")), "val": str(paths.manifest(dataset, "val"))}
+
+
+def features_options(cfg: dict) -> str:
+    return _json(cfg["features"])
+
+
+def _epoch(wildcards) -> int | None:
+    return int(wildcards.epoch) if "epoch" in wildcards.keys() else None
+
+
+def probe_inputs(cfg: dict, run: str, epoch: int | None = None) -> dict[str, str]:
+    """cached: the features file; augmented: the checkpoint and the dataset's manifests."""
+    spec = cfg["evaluations"]["linear_probe"]
+    inputs = {"run_config": str(paths.run_files(run).config)}
+    if spec["features"] == "cached":
+        inputs["features"] = features_file(cfg, "linear_probe", run, epoch)
+    else:
+        ds = eval_dataset(cfg, "linear_probe", run)
+        inputs.update(checkpoint=checkpoint_of(run, "final" if epoch is None else f"ep{epoch}"),
+                      train=str(paths.manifest(ds, "train")), val=str(paths.manifest(ds, "val")))
+    return inputs
+
+
+def probe_args(inputs) -> str:
+    """The linear-probe command's input arguments for either mode."""
+    if "features" in inputs.keys():
+        return f"--features {inputs.features}"
+    return f"--checkpoint {inputs.checkpoint} --train-manifest {inputs.train} --val-manifest {inputs.val}"
+
+
+def knn_inputs(cfg: dict, run: str, epoch: int | None = None) -> dict[str, str]:
+    return {"run_config": str(paths.run_files(run).config), "features": features_file(cfg, "knn", run, epoch)}
+
+
+def task_options(cfg: dict, task: str, run: str) -> str:
+    """This run's protocol of a task (per_run keys applied): a change reruns exactly this evaluation."""
+    return _json(eval_options(cfg, task, run))
+
+
+def train_eval_inputs(cfg: dict, task: str, run: str) -> dict[str, str]:
+    ds = eval_dataset(cfg, task, run)
+    files = paths.run_files(run)
     return {"run_config": str(files.config), "checkpoint": str(files.checkpoint),
             "train": str(paths.manifest(ds, "train")), "val": str(paths.manifest(ds, "val"))}
 
 
-def probe_params(cfg: dict, run: str) -> dict[str, str]:
-    spec = dict(cfg["evaluations"]["linear_probe"])
-    ds_name = probe_dataset(cfg, run)
-    ds = cfg["datasets"][ds_name]
-    data = {"dataset": ds_name, "mean": ds["mean"], "std": ds["std"], "image_size": ds["image_size"],
-            "eval_crop_pct": ds["eval_crop_pct"]}
-    return {"options": _json(spec), "data": _json(data)}
+def trained_eval_is_local_rule(cfg: dict) -> bool:
+    return pretrain_is_local_rule(cfg)
+
+
+def result_names(cfg: dict, task: str, run: str) -> list[str]:
+    """Result names of one task for one run: the final checkpoint's, plus -ep<E> where asked."""
+    spec = cfg["evaluations"][task]
+    if task == "partial_finetune":
+        return [f"partial_finetune-k{k}" for k in eval_options(cfg, task, run)["blocks"]]
+    names = [task]
+    if spec.get("on_checkpoint_epochs"):
+        names += [f"{task}-ep{e}" for e in checkpoint_epochs(cfg, run)]
+    return names
+
+
+def task_results(cfg: dict, task: str, epochs: bool = False) -> list[str]:
+    """Result files of a task over its runs; with `epochs` also the epoch-checkpoint results."""
+    out = []
+    for run in evaluated_runs(cfg, task):
+        names = result_names(cfg, task, run)
+        if not epochs and task != "partial_finetune":
+            names = names[:1]
+        out += [str(paths.eval_result(run, n)) for n in names]
+    return out
 
 
 def probe_results(cfg: dict) -> list[str]:
-    return [str(paths.eval_result(r, "linear_probe")) for r in evaluated_runs(cfg, "linear_probe")]
+    return task_results(cfg, "linear_probe")
+
+
+def epochs_figure_inputs(cfg: dict) -> list[str]:
+    """Every epoch-checkpoint result and final result of the frozen tasks that evaluate epochs."""
+    out = []
+    for task in ("knn", "linear_probe"):
+        if cfg["evaluations"].get(task, {}).get("on_checkpoint_epochs"):
+            out += task_results(cfg, task, epochs=True)
+    return out
 
 
 def loss_curve_inputs(cfg: dict) -> list[str]:
@@ -174,10 +274,21 @@ def loss_curve_inputs(cfg: dict) -> list[str]:
     return [str(paths.run_files(r).metrics) for r in runs]
 
 
+EVAL_TABLES = ("knn", "finetune", "partial_finetune")
+
+
 def all_targets(cfg: dict) -> list[str]:
     targets = all_manifests(cfg)
     targets += [str(paths.run_files(r).checkpoint) for r in cfg["runs"]]
-    if "linear_probe" in cfg["evaluations"]:
+    evaluations = cfg["evaluations"]
+    if "linear_probe" in evaluations:
         targets += [str(paths.table("linear_probe", "md")), str(paths.table("linear_probe", "csv"))]
+    for task in EVAL_TABLES:
+        if task in evaluations and evaluated_runs(cfg, task):
+            targets += [str(paths.table(task, "md")), str(paths.table(task, "csv"))]
+    if epochs_figure_inputs(cfg):
+        targets.append(str(paths.figure("accuracy_vs_epochs")))
+    if "partial_finetune" in evaluations and evaluated_runs(cfg, "partial_finetune"):
+        targets.append(str(paths.figure("partial_finetune")))
     targets.append(str(paths.figure("pretrain_loss")))
     return targets

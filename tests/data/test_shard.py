@@ -1,22 +1,25 @@
 """The sharder: byte-identical reruns, bad-sample policy, round trips through webdataset, atomicity."""
 
+import fcntl
 import hashlib
 import io
 import json
+import os
 
 import numpy as np
 import pytest
 import webdataset as wds
 from PIL import Image
-from source_trees import make_ade20k, make_coco, make_imagefolder, write
+from source_trees import encode, make_ade20k, make_coco, make_imagefolder, write
 
 from cmim.data import fashion_mnist
+from cmim.data import loader as L
 from cmim.data import shard as S
 from cmim.data.shard import ShardingError, shard_split
 
 MANIFEST_KEYS = {"dataset", "split", "format", "source_root", "source_split", "seed", "max_samples",
                  "resize_short_side", "num_samples", "fields", "shards", "classes", "skipped", "converted",
-                 "resized", "image_size_stats"}
+                 "resized", "image_size_stats", "empty_classes", "dropped_annotations"}
 
 
 def run(root, out, fmt="imagefolder", split="train", source_split="train", **kw):
@@ -30,7 +33,7 @@ def read_back(out, manifest) -> list[dict]:
 
 
 def tars(out) -> list[str]:
-    return sorted(p.name for p in out.iterdir() if p.name != "manifest.json")
+    return sorted(p.name for p in out.iterdir() if p.name.endswith(".tar") or p.name.endswith(".tmp"))
 
 
 def test_two_runs_give_identical_tars_and_manifests(tmp_path):
@@ -52,7 +55,7 @@ def test_bad_files_are_listed_and_the_policy_knob_decides(tmp_path):
     with pytest.raises(ShardingError) as err:
         run(tmp_path / "src", tmp_path / "fail", max_bad_fraction=0.2)
     msg = str(err.value)
-    assert "3 of 12 samples are unreadable (25.00%" in msg and "max_bad_fraction=0.2" in msg
+    assert "3 of 12 samples are bad (25.00%" in msg and "max_bad_fraction=0.2" in msg
     assert "datasets.demo.max_bad_fraction" in msg
     assert all(src in msg for src in tree["bad"]) and "empty file (0 bytes)" in msg
     assert not (tmp_path / "fail").exists() or tars(tmp_path / "fail") == []
@@ -160,10 +163,11 @@ def test_stale_shards_and_temporary_files_are_removed(tmp_path):
     assert tars(out) == ["train-000000.tar", "val-000000.tar"] and len(m["shards"]) == 1
 
 
-def test_failure_midway_leaves_no_shard_and_no_manifest(tmp_path, monkeypatch):
+def test_failed_reshard_keeps_the_earlier_output(tmp_path, monkeypatch):
     make_imagefolder(tmp_path / "src", n_per_class=5)
     out = tmp_path / "out"
-    run(tmp_path / "src", out, shard_max_count=100)  # an earlier, complete run
+    good = run(tmp_path / "src", out, shard_max_count=4)  # an earlier, complete run: 3 shards
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     finish = S._ShardWriter._finish
 
     def finish_then_fail(self):
@@ -174,7 +178,69 @@ def test_failure_midway_leaves_no_shard_and_no_manifest(tmp_path, monkeypatch):
     monkeypatch.setattr(S._ShardWriter, "_finish", finish_then_fail)
     with pytest.raises(OSError, match="simulated"):
         run(tmp_path / "src", out, shard_max_count=3)
-    assert list(out.iterdir()) == []  # no shard, no temporary file, no (stale) manifest
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # shards + manifest untouched, no staging
+    assert L.read_manifest(out / "manifest.json") == good
+    L.verify_shards(out / "manifest.json", log=lambda m: None)
+
+
+def test_an_interrupted_swap_is_completed_and_stale_staging_removed(tmp_path, monkeypatch):
+    make_imagefolder(tmp_path / "src", n_per_class=5)
+    out = tmp_path / "out"
+    run(tmp_path / "src", out, shard_max_count=4)
+    publish = S._publish
+
+    def killed_midway(staging, out_dir, split, shards):  # the old manifest and one new shard moved, then kill -9
+        real_replace = S.os.replace
+        calls = []
+
+        def replace(a, b):
+            calls.append(a)
+            if len(calls) == 2:
+                raise SystemExit("killed (simulated)")
+            real_replace(a, b)
+
+        monkeypatch.setattr(S.os, "replace", replace)
+        try:
+            publish(staging, out_dir, split, shards)
+        finally:
+            monkeypatch.setattr(S.os, "replace", real_replace)
+
+    monkeypatch.setattr(S, "_publish", killed_midway)
+    with pytest.raises(SystemExit):
+        run(tmp_path / "src", out, shard_max_count=2)
+    assert not (out / "manifest.json").exists() and (out / ".train.staging" / "manifest.json").exists()
+    monkeypatch.setattr(S, "_publish", publish)
+
+    def fail(self):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(S._ShardWriter, "_finish", fail)
+    lines = []
+    with pytest.raises(OSError, match="simulated"):  # a later run that fails ...
+        run(tmp_path / "src", out, shard_max_count=4, log=lines.append)
+    monkeypatch.undo()
+    new = L.read_manifest(out / "manifest.json")  # ... found the killed swap complete, and finished it first
+    assert [s["count"] for s in new["shards"]] == [2] * 5 and tars(out) == [s["file"] for s in new["shards"]]
+    L.verify_shards(out / "manifest.json", log=lambda m: None)
+    assert any("interrupted" in line for line in lines)
+
+    write(out / ".train.staging" / ".train-000000.tar.99.tmp", b"half a shard of a killed run")
+    run(tmp_path / "src", out, shard_max_count=4, log=lines.append)
+    assert not (out / ".train.staging").exists() and len(tars(out)) == 3
+
+
+def test_a_second_concurrent_run_is_refused(tmp_path):
+    make_imagefolder(tmp_path / "src", n_per_class=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another run holds the folder
+        with pytest.raises(ShardingError, match=r"another sharding run is writing .*out"):
+            run(tmp_path / "src", out)
+    finally:
+        os.close(fd)
+    assert run(tmp_path / "src", out)["num_samples"] == 4
 
 
 def test_bad_fraction_failure_midway_removes_written_shards(tmp_path):
@@ -183,7 +249,7 @@ def test_bad_fraction_failure_midway_removes_written_shards(tmp_path):
         write(tmp_path / "src" / "train" / "cat" / f"zz_bad_{i}.jpg", b"")
     with pytest.raises(ShardingError, match="3 of 43"):
         run(tmp_path / "src", tmp_path / "out", shard_max_count=2, max_bad_fraction=0.05)
-    assert list((tmp_path / "out").iterdir()) == []
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["bad_files.json"]
 
 
 def test_empty_split_is_an_error_naming_the_folder(tmp_path):
@@ -211,3 +277,111 @@ def test_worker_processes_give_the_same_bytes(tmp_path, monkeypatch):
     monkeypatch.setattr(S, "POOL_MIN_RECORDS", 0)
     two = run(tmp_path / "src", tmp_path / "two", workers=2, max_bad_fraction=0.5, shard_max_count=5)
     assert one == two
+
+
+# ----------------------------------------------------------------------------- issue 12: listing and edges
+
+
+def test_the_whole_split_is_scanned_and_every_bad_file_listed(tmp_path):
+    make_imagefolder(tmp_path / "src", n_per_class=10)
+    bad = [f"train/cat/bad_{i:02d}.jpg" for i in range(25)]
+    for rel in bad:
+        write(tmp_path / "src" / rel, b"")
+    out = tmp_path / "out"
+    with pytest.raises(ShardingError) as err:
+        run(tmp_path / "src", out, max_bad_fraction=0.05, shard_max_count=3)
+    msg = str(err.value)
+    first, *rest = msg.splitlines()
+    assert "25 of 45 samples are bad" in first and str(out / "bad_files.json") in first
+    assert "datasets.demo.max_bad_fraction" in first
+    assert [line.split(":")[0].strip() for line in rest[1:21]] == bad[:20] and "and 5 more" in rest[21]
+    report = json.loads((out / "bad_files.json").read_text())
+    assert [b["source"] for b in report["bad"]] == bad and report["total"] == 45
+    assert all(b["reason"] == "empty file (0 bytes)" for b in report["bad"])
+    assert tars(out) == [] and not (out / "manifest.json").exists()
+    for rel in bad:
+        (tmp_path / "src" / rel).unlink()
+    run(tmp_path / "src", out)
+    assert not (out / "bad_files.json").exists()  # a good run removes the stale report
+
+
+def test_empty_class_folder_is_warned_and_recorded(tmp_path):
+    make_imagefolder(tmp_path / "src", n_per_class=2)
+    (tmp_path / "src" / "train" / "zebra").mkdir()
+    lines = []
+    m = run(tmp_path / "src", tmp_path / "out", log=lines.append)
+    assert m["classes"][2] == {"id": 2, "name": "zebra"} and m["empty_classes"] == [{"id": 2, "name": "zebra"}]
+    assert any("WARNING" in line and "'zebra' (id 2) has no samples" in line for line in lines)
+
+
+def _coco_with_problems(root):
+    """The tiny COCO tree plus one of each inconsistency; returns the expected skips and drops."""
+    doc = make_coco(root)
+    write(root / "val2017" / "000000000050.jpg", (root / "val2017" / "000000000007.jpg").read_bytes())
+    write(root / "val2017" / "000000000051.jpg", (root / "val2017" / "000000000007.jpg").read_bytes())
+    doc["images"] += [
+        {"id": 50, "file_name": "000000000050.jpg", "width": 99, "height": 16},   # size differs from the file
+        {"id": 60, "width": 20, "height": 16},                                    # no file_name
+        {"id": 7, "file_name": "000000000051.jpg", "width": 20, "height": 16},    # duplicate id 7
+        {"id": 70, "file_name": "000000000070.jpg", "width": 20, "height": 16},   # no such file
+    ]
+    doc["annotations"] += [
+        {"id": 20, "category_id": 1, "bbox": [0, 0, 1, 1]},                        # no image_id
+        {"id": 21, "image_id": 999, "category_id": 1, "bbox": [0, 0, 1, 1]},       # image_id not in images
+        {"id": 22, "image_id": 139, "category_id": 77, "bbox": [0, 0, 1, 1]},      # unknown category
+    ]
+    write(root / "annotations" / "instances_val2017.json", json.dumps(doc).encode())
+    js = "annotations/instances_val2017.json"
+    skipped = {f"{js}:images[4]": "has no file_name", "val2017/000000000007.jpg": "image id 7 is also used by",
+               "val2017/000000000051.jpg": "image id 7 is also used by",
+               "val2017/000000000050.jpg": "image is 20x16 pixels, the annotation file says 99x16",
+               "val2017/000000000070.jpg": "unreadable: FileNotFoundError",
+               "val2017/000000000139.jpg": "annotation id 22: category_id 77 is not in categories"}
+    dropped = {f"{js}:annotations[3]": "annotation id 20 has no image_id",
+               f"{js}:annotations[4]": "annotation id 21: image_id 999 is not in images"}
+    return skipped, dropped
+
+
+def test_coco_inconsistencies_are_all_listed_and_the_policy_decides(tmp_path):
+    skipped, dropped = _coco_with_problems(tmp_path / "coco")
+    with pytest.raises(ShardingError) as err:  # 6 of 7 images are bad
+        run(tmp_path / "coco", tmp_path / "fail", fmt="coco", split="val", source_split="val2017")
+    assert all(src in str(err.value) for src in skipped)
+    report = json.loads((tmp_path / "fail" / "bad_files.json").read_text())
+    assert {d["source"] for d in report["dropped_annotations"]} == set(dropped)
+
+    m = run(tmp_path / "coco", tmp_path / "ok", fmt="coco", split="val", source_split="val2017",
+            max_bad_fraction=0.9)
+    got = {s["source"]: s["reason"] for s in m["skipped"]}
+    assert set(got) == set(skipped)
+    for src, words in skipped.items():
+        assert words in got[src], (src, got[src])
+    assert "image id 139" in got["val2017/000000000139.jpg"]
+    assert {d["source"]: d["reason"] for d in m["dropped_annotations"]} == dropped
+    docs = [json.loads(s["json"]) for s in read_back(tmp_path / "ok", m)]
+    assert [d["image"]["id"] for d in docs] == [42]  # the one image with nothing wrong
+
+
+def test_ade20k_inconsistencies_are_listed(tmp_path):
+    base = make_ade20k(tmp_path / "ade")
+    ann = base / "annotations" / "training"
+    write(ann / "ADE_train_00000001.png", encode(np.full((12, 16), 9, np.uint8), "PNG"))   # 9: not a class
+    write(ann / "ADE_train_00000002.png", encode(np.zeros((5, 5), np.uint8), "PNG"))       # wrong size
+    write(ann / "ADE_train_00000777.png", encode(np.zeros((12, 16), np.uint8), "PNG"))     # no image
+    m = run(tmp_path / "ade", tmp_path / "out", fmt="ade20k", source_split="training", max_bad_fraction=0.8)
+    got = {s["source"].rsplit("/", 1)[1]: s["reason"] for s in m["skipped"]}
+    assert "label value(s) [9] not in the class list" in got["ADE_train_00000001.jpg"]
+    assert "differs from image size" in got["ADE_train_00000002.jpg"]
+    assert got["ADE_train_00000099.jpg"].startswith("no annotation")
+    assert m["num_samples"] == 1
+    assert m["dropped_annotations"] == [{"source": "ADEChallengeData2016/annotations/training/ADE_train_00000777.png",
+                                         "reason": "annotation without an image (no ADEChallengeData2016/images/"
+                                                   "training/ADE_train_00000777.*)"}]
+
+
+def test_empty_val_split_fails_naming_the_folder(tmp_path):
+    base = make_ade20k(tmp_path / "ade")
+    for p in (base / "images" / "validation").iterdir():
+        p.unlink()
+    with pytest.raises(ShardingError, match=r"no samples found in .*images/validation"):
+        run(tmp_path / "ade", tmp_path / "out", fmt="ade20k", split="val", source_split="validation")

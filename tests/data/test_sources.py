@@ -287,3 +287,56 @@ def test_fashion_mnist_pads_to_32_and_keeps_labels():
         assert a.sum() == images[i].sum()  # the 2-px border is zero
         assert s.fields["cls"] == str(labels[i]).encode()
         assert s.source == f"t10k-images-idx3-ubyte.gz:{i}"
+
+
+# ----------------------------------------------------------------------------- user errors (issue 12)
+
+
+@pytest.mark.parametrize("text, words", [
+    (b"{not json", "is not valid JSON"),
+    (b"\xff\xfe\x00garbage", "is not valid JSON"),
+    (b"[]", "the top level is not a JSON object"),
+    (b'{"images": []}', "no 'categories' list"),
+    (b'{"images": [], "categories": [{"name": "cat"}]}', "categories[0] needs an integer id and a name"),
+    (b'{"images": [], "categories": [{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]}', "category id 1 is used twice"),
+    (b'{"images": [], "categories": [], "annotations": {}}', "'annotations' is not a list"),
+])
+def test_a_broken_coco_file_is_a_source_error_naming_it(tmp_path, text, words):
+    make_coco(tmp_path)
+    path = write(tmp_path / "annotations" / "instances_val2017.json", text)
+    with pytest.raises(SourceError) as err:
+        open_reader("coco", tmp_path, "val2017").records()
+    first = str(err.value).splitlines()[0]
+    assert str(path) in first and words in first and "fix" in first.lower()
+
+
+def test_coco_problems_never_escape_as_bare_errors(tmp_path):
+    doc = make_coco(tmp_path)
+    doc["images"].append({"id": [1], "file_name": 5})
+    doc["annotations"] += [{"image_id": {"a": 1}}, "not an object", {"id": 30, "image_id": 7, "bbox": "x"}]
+    write(tmp_path / "annotations" / "instances_val2017.json", json.dumps(doc).encode())
+    reader = open_reader("coco", tmp_path, "val2017")
+    items = by_source(reader.records())
+    js = "annotations/instances_val2017.json"
+    assert "has no file_name" in items[f"{js}:images[3]"].reason
+    bad7 = items["val2017/000000000007.jpg"].reason
+    assert "annotation id 30: category_id None is not in categories" in bad7 and "bbox 'x'" in bad7
+    assert [d.source for d in reader.dropped()] == [f"{js}:annotations[3]", f"{js}:annotations[4]"]
+
+
+def test_missing_trees_are_source_errors(tmp_path, monkeypatch):
+    base = make_ade20k(tmp_path / "ade")
+    for p in (base / "annotations" / "validation").iterdir():
+        p.unlink()
+    (base / "annotations" / "validation").rmdir()
+    with pytest.raises(SourceError, match=r"annotations/validation is not a folder"):
+        open_reader("ade20k", tmp_path / "ade", "validation")
+    monkeypatch.setattr(fashion_mnist, "SEARCH_PATH", ())
+    monkeypatch.delenv("CMIM_FASHION_MNIST", raising=False)
+    with pytest.raises(SourceError, match="Fashion-MNIST IDX files not found"):
+        open_reader("fashion-mnist", tmp_path / "nowhere", "train")
+    with pytest.raises(SourceError, match="unknown source format"):
+        open_reader("cocoo", tmp_path, "val2017")
+    (base / "objectInfo150.txt").write_bytes(b"\xff\xfe\x00\x01")
+    with pytest.raises(SourceError, match="objectInfo150.txt"):
+        open_reader("ade20k", tmp_path / "ade", "training").classes()

@@ -42,9 +42,9 @@ def test_state_of_another_config_is_moved_aside_not_resumed(tmp_path):
 
 def test_foreign_checkpoint_is_rejected_clearly(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "x.pt")
-    with pytest.raises(ValueError, match="not a cmim encoder checkpoint"):
+    with pytest.raises(C.CheckpointError, match="not a cmim encoder checkpoint"):
         C.read_encoder_checkpoint(tmp_path / "x.pt")
-    with pytest.raises(FileNotFoundError, match="run the pretrain step"):
+    with pytest.raises(C.CheckpointError, match="run the pretrain step"):
         C.read_encoder_checkpoint(tmp_path / "missing.pt")
 
 

@@ -17,8 +17,8 @@ import yaml
 from cmim.launch import launch_pretrain
 from cmim.paths import RunFiles
 from cmim.train import distributed
-from cmim.train.engine import NonFiniteLoss, Pretrainer
-from conftest import tiny_run
+from cmim.train.engine import NonFiniteLoss, pretrainer
+from tiny import tiny_run
 
 INPROCESS = {"launcher": "inprocess", "nodes": 1, "gpus_per_node": 0, "tasks_per_node": None, "cpus_per_task": 2,
              "mem_gb": None, "timeout_min": 30, "partition": None, "account": None, "qos": None, "constraint": None,
@@ -51,7 +51,7 @@ def test_training_writes_every_output_and_is_deterministic(tmp_path, fmnist_shar
     rows = [json.loads(line) for line in a.metrics.read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4, 6, 8, 10, 12]
     assert {"total", "recon", "lr", "img_per_s"} <= set(rows[0])
-    assert a.epoch_checkpoint(1).exists() and a.epoch_checkpoint(2).exists()
+    assert a.resume_epoch_checkpoint(1).exists() and a.resume_epoch_checkpoint(2).exists()
     b = train(tmp_path / "b", fmnist_shards, run)
     wa, wb = encoder_weights(a.checkpoint), encoder_weights(b.checkpoint)
     assert all(torch.equal(wa[k], wb[k]) for k in wa), "same seed, same config -> identical weights"
@@ -64,7 +64,7 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path, fmnist_shards):
 
     files = RunFiles(tmp_path / "cut" / run["run"])
     env = distributed.setup(use_cuda=False)
-    trainer = Pretrainer(run, fmnist_shards["train"], files, env, log=lambda m: None)
+    trainer = pretrainer(run, fmnist_shards["train"], files, env, log=lambda m: None)
     original_apply = trainer._apply
 
     def apply_then_signal(progress):
@@ -76,7 +76,7 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path, fmnist_shards):
     with pytest.raises(SystemExit, match="state saved at .*step-000000005.pt"):
         trainer.fit()
     assert not files.checkpoint.exists()  # the rule's outputs appear only at the very end
-    Pretrainer(run, fmnist_shards["train"], files, env, log=lambda m: None).fit()
+    pretrainer(run, fmnist_shards["train"], files, env, log=lambda m: None).fit()
     wa, wb = encoder_weights(full.checkpoint), encoder_weights(files.checkpoint)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     steps = [json.loads(line)["step"] for line in files.metrics.read_text().splitlines()]
@@ -87,8 +87,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, fmni
     run = tiny_run("mae")
     files = RunFiles(tmp_path / "nan")
     env = distributed.setup(use_cuda=False)
-    trainer = Pretrainer(run, fmnist_shards["train"], files, env, log=lambda m: None)
-    forward = trainer.method.forward
+    trainer = pretrainer(run, fmnist_shards["train"], files, env, log=lambda m: None)
+    forward = trainer.task.model.forward
     calls = {"n": 0}
 
     def poisoned(batch):
@@ -98,7 +98,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, fmni
             out["total"] = out["total"] * float("nan")
         return out
 
-    trainer.method.forward = poisoned
+    trainer.task.model.forward = poisoned
     with pytest.raises(NonFiniteLoss, match=r"non-finite at step 5 .*step-000000004.pt"):
         trainer.fit()
     good = torch.load(files.resume / "step-000000004.pt", map_location="cpu", weights_only=False)

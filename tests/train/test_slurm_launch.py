@@ -14,7 +14,7 @@ from test_engine import INPROCESS, encoder_weights, train, write_run
 
 from cmim.launch import submit_pretrain, wait_for
 from cmim.paths import RunFiles
-from conftest import tiny_run
+from tiny import tiny_run
 from slurm_cluster import sacct
 from tiny import ROOT, tiny_config, write_config
 

@@ -1,4 +1,34 @@
-# Evaluation of frozen (or fine-tuned) encoders; one job per run and task.
+# Evaluation: frozen features once per checkpoint (kNN and the cached probe share them), then one
+# job per run x task (x saved epoch where asked). A task's protocol is a param: changing one key
+# reruns exactly that evaluation. Finetuning is a training job on the configured launcher.
+
+
+if W.trained_eval_is_local_rule(CFG):
+
+    localrules:
+        finetune,
+        partial_finetune,
+
+
+rule features:
+    input:
+        unpack(lambda w: W.features_inputs(CFG, w.run, w.dataset, w.ckpt)),
+    output:
+        "results/features/{run}/{dataset}-{ckpt}.pt",
+    wildcard_constraints:
+        ckpt=r"final|ep\d+",
+    params:
+        data=lambda w: W.data_json(CFG, w.dataset),
+        options=W.features_options(CFG),
+    threads: 2
+    log:
+        "results/logs/features/{run}-{dataset}-{ckpt}.log",
+    conda:
+        "../../envs/cmim.yaml"
+    shell:
+        "python -m cmim features --run-config {input.run_config} --checkpoint {input.checkpoint} "
+        "--train-manifest {input.train} --val-manifest {input.val} --data {params.data:q} "
+        "--options {params.options:q} --out {output} > {log} 2>&1"
 
 
 rule linear_probe:
@@ -7,14 +37,97 @@ rule linear_probe:
     output:
         "results/eval/{run}/linear_probe.json",
     params:
-        options=lambda w: W.probe_params(CFG, w.run)["options"],
-        data=lambda w: W.probe_params(CFG, w.run)["data"],
+        options=lambda w: W.task_options(CFG, "linear_probe", w.run),
+        data=lambda w: W.data_json(CFG, W.eval_dataset(CFG, "linear_probe", w.run)),
+        inputs=lambda w, input: W.probe_args(input),
+        task="linear_probe",
     threads: 2
     log:
         "results/logs/linear_probe/{run}.log",
     conda:
         "../../envs/cmim.yaml"
     shell:
-        "python -m cmim linear-probe --run-config {input.run_config} --checkpoint {input.checkpoint} "
+        "python -m cmim linear-probe --run-config {input.run_config} {params.inputs} --options {params.options:q} "
+        "--data {params.data:q} --task {params.task} --out {output} > {log} 2>&1"
+
+
+use rule linear_probe as linear_probe_epoch with:
+    input:
+        unpack(lambda w: W.probe_inputs(CFG, w.run, int(w.epoch))),
+    output:
+        "results/eval/{run}/linear_probe-ep{epoch}.json",
+    params:
+        options=lambda w: W.task_options(CFG, "linear_probe", w.run),
+        data=lambda w: W.data_json(CFG, W.eval_dataset(CFG, "linear_probe", w.run)),
+        inputs=lambda w, input: W.probe_args(input),
+        task=lambda w: f"linear_probe-ep{w.epoch}",
+    log:
+        "results/logs/linear_probe/{run}-ep{epoch}.log",
+
+
+rule knn:
+    input:
+        unpack(lambda w: W.knn_inputs(CFG, w.run)),
+    output:
+        "results/eval/{run}/knn.json",
+    params:
+        options=lambda w: W.task_options(CFG, "knn", w.run),
+        task="knn",
+    log:
+        "results/logs/knn/{run}.log",
+    conda:
+        "../../envs/cmim.yaml"
+    shell:
+        "python -m cmim knn --run-config {input.run_config} --features {input.features} "
+        "--options {params.options:q} --task {params.task} --out {output} > {log} 2>&1"
+
+
+use rule knn as knn_epoch with:
+    input:
+        unpack(lambda w: W.knn_inputs(CFG, w.run, int(w.epoch))),
+    output:
+        "results/eval/{run}/knn-ep{epoch}.json",
+    params:
+        options=lambda w: W.task_options(CFG, "knn", w.run),
+        task=lambda w: f"knn-ep{w.epoch}",
+    log:
+        "results/logs/knn/{run}-ep{epoch}.log",
+
+
+rule finetune:
+    input:
+        unpack(lambda w: W.train_eval_inputs(CFG, "finetune", w.run)),
+    output:
+        "results/eval/{run}/finetune.json",
+    params:
+        options=lambda w: W.task_options(CFG, "finetune", w.run),
+        data=lambda w: W.data_json(CFG, W.eval_dataset(CFG, "finetune", w.run)),
+        out_dir=lambda w: f"results/eval/{w.run}/finetune",
+        blocks="",
+    threads: W.pretrain_threads(CFG)
+    resources:
+        **W.pretrain_resources(CFG),
+    log:
+        "results/logs/finetune/{run}.log",
+    conda:
+        "../../envs/cmim.yaml"
+    shell:
+        "python -m cmim finetune --run-config {input.run_config} --checkpoint {input.checkpoint} "
         "--train-manifest {input.train} --val-manifest {input.val} --options {params.options:q} "
-        "--data {params.data:q} --out {output} > {log} 2>&1"
+        "--data {params.data:q} --out-dir {params.out_dir} --result {output} {params.blocks} > {log} 2>&1"
+
+
+use rule finetune as partial_finetune with:
+    input:
+        unpack(lambda w: W.train_eval_inputs(CFG, "partial_finetune", w.run)),
+    output:
+        "results/eval/{run}/partial_finetune-k{k}.json",
+    wildcard_constraints:
+        k=r"\d+",
+    params:
+        options=lambda w: W.task_options(CFG, "partial_finetune", w.run),
+        data=lambda w: W.data_json(CFG, W.eval_dataset(CFG, "partial_finetune", w.run)),
+        out_dir=lambda w: f"results/eval/{w.run}/partial_finetune-k{w.k}",
+        blocks=lambda w: f"--blocks {w.k}",
+    log:
+        "results/logs/partial_finetune/{run}-k{k}.log",

@@ -1,6 +1,7 @@
 # Pretraining: resolve each run's config, then train it on the configured launcher.
 # The resolved config is an input of everything downstream of the run, so changing one
-# hyper-parameter re-runs exactly that run and what depends on it.
+# hyper-parameter re-runs exactly that run and what depends on it. Where and how fast it trains
+# (the launch block) reaches the job through $CMIM_LAUNCH (see the Snakefile), never as a param.
 
 
 rule run_config:
@@ -18,6 +19,7 @@ rule run_config:
 
 localrules:
     baseline_encoder,
+    epoch_checkpoint,
 
 
 if W.pretrain_is_local_rule(CFG):
@@ -37,7 +39,6 @@ rule pretrain:
         summary="results/pretrain/{run}/summary.json",
         metrics="results/pretrain/{run}/metrics.jsonl",
     params:
-        launch=W.launch_json(CFG),
         out_dir=lambda w: f"results/pretrain/{w.run}",
     threads: W.pretrain_threads(CFG)
     resources:
@@ -48,16 +49,32 @@ rule pretrain:
         "../../envs/cmim.yaml"
     shell:
         "python -m cmim pretrain --run-config {input.run_config} --manifest {input.manifest} "
-        "--out {params.out_dir} --launch {params.launch:q} > {log} 2>&1"
+        "--out {params.out_dir} > {log} 2>&1"
 
 
-# random_init / raw_pixels: nothing to train, so the same command and outputs as `pretrain` but
-# run here, in this process, with no GPU allocation; written in seconds.
+# random_init / raw_pixels: nothing to train, so the same command and outputs as `pretrain`, written
+# in seconds in this process (the CLI never launches a job for them), with no GPU allocation.
 use rule pretrain as baseline_encoder with:
     wildcard_constraints:
         run=W.alternation(W.baseline_runs(CFG)),
-    params:
-        launch=W.inprocess_launch_json(CFG),
     threads: 1
     resources:
         runtime=10,
+
+
+# Epoch checkpoints are exported under resume/ while training (Snakemake deletes a job's declared
+# outputs before rerunning it, which would lose the early epochs of a resumed run); this rule
+# hard-links one into place once the run has finished.
+rule epoch_checkpoint:
+    input:
+        summary="results/pretrain/{run}/summary.json",
+    output:
+        "results/pretrain/{run}/epochs/ckpt-{epoch}.pt",
+    params:
+        run_dir=lambda w: f"results/pretrain/{w.run}",
+    log:
+        "results/logs/epoch_checkpoint/{run}-{epoch}.log",
+    conda:
+        "../../envs/cmim.yaml"
+    shell:
+        "python -m cmim link-epoch --run-dir {params.run_dir} --epoch {wildcards.epoch} --out {output} > {log} 2>&1"

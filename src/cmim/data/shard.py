@@ -2,20 +2,27 @@
 
 Same inputs -> byte-identical tars: records in the source's sorted order, the first `max_samples`,
 then one seeded permutation (a class-sorted ImageNet shard would defeat a shuffle buffer); tar
-members with a constant mtime, owner and mode. A shard appears under its final name only when
-complete; the manifest is written last, and a failed call leaves neither its shards nor a manifest.
+members with a constant mtime, owner and mode.
 
-Output: out_dir/{split}-%06d.tar and out_dir/manifest.json (format in `shard_split`).
+Output: out_dir/{split}-%06d.tar and out_dir/manifest.json (format in `shard_split`). A run builds
+the whole split in out_dir/.{split}.staging/ and swaps it in only when complete: a failed or killed
+run leaves an earlier output (shards + manifest) as it was. The swap removes the old manifest first,
+then moves the shards, then the new manifest, so a reader never pairs one run's manifest with the
+other's shards (cmim.data.loader checks that, and that no shard changes under a running job); a swap
+killed midway is completed by the next run, and a staging folder of a killed run is removed then.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hashlib
+import json
 import multiprocessing
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +35,10 @@ from cmim.data.sources import Reader, Record, Sample, Skip, build_sample, open_r
 
 _TAR_BLOCK, _TAR_RECORD = 512, 20 * 512   # tarfile's block and record sizes (USTAR)
 POOL_MIN_RECORDS = 2000                   # below this, starting worker processes costs more than it saves
-_SHOW = 10                                # bad / converted paths quoted in errors and the log
+MANIFEST = "manifest.json"
+BAD_FILES = "bad_files.json"              # written next to the manifest when a split fails on bad files
+_SHOW = 10                                # bad / converted paths quoted in the log
+_SHOW_ERROR = 20                          # bad paths quoted in an error message (all: in bad_files.json)
 
 
 class ShardingError(RuntimeError):
@@ -46,9 +56,13 @@ def shard_split(fmt: str, root: str | Path | None, dataset: str, split: str, sou
       dataset, split, format, source_root, source_split, seed, max_samples, resize_short_side,
       num_samples, fields (sorted field names), shards [{file, count, bytes, sha256}],
       classes [{id, name, ...}], skipped [{source, reason}], converted [{source, reason}],
-      resized (count), image_size_stats {width, height: {min, max, mean}} of the stored images.
-    Sources in `skipped` / `converted` are relative to source_root.
+      resized (count), image_size_stats {width, height: {min, max, mean}} of the stored images,
+      empty_classes [{id, name}] (classes without a stored sample: `cls` datasets only),
+      dropped_annotations [{source, reason}] (annotations of no image; sources.py's docstring).
+    Sources in `skipped` / `converted` / `dropped_annotations` are relative to source_root.
 
+    Every record is checked before the split fails on max_bad_fraction (shards stop being written
+    once it is passed), so the error and out_dir/bad_files.json list every bad file.
     `workers`: processes that decode and check images (None: one per available core, at most 8;
     the output does not depend on it).
     """
@@ -62,44 +76,64 @@ def shard_split(fmt: str, root: str | Path | None, dataset: str, split: str, sou
                             f"and datasets.{dataset}.splits")
     todo = [r for r in records if isinstance(r, Record)]
     todo = [todo[i] for i in np.random.default_rng(seed).permutation(len(todo))]
-    bad = _BadSamples(name, dataset, reader, len(records), max_bad_fraction)
+    bad = _BadSamples(name, dataset, reader, len(records), max_bad_fraction, reader.dropped())
     bad.add(*(r for r in records if isinstance(r, Skip)))
     log(f"[shard] {name}: {len(records)} samples from {reader.location} ({fmt}, split {source_split}) "
         f"-> {out_dir}")
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "manifest.json").unlink(missing_ok=True)  # the shards it lists are about to be replaced
-    writer = _ShardWriter(out_dir, split, shard_max_count, shard_max_bytes)
-    stats = _Stats()
     progress = _Progress(name, len(records), log)
+    with _exclusive(out_dir, name):
+        staging = _fresh_staging(out_dir, split, log)
+        try:
+            stats, shards = _write_shards(staging, split, todo, reader, bad, workers, shard_max_count,
+                                          shard_max_bytes, progress, log)
+            if bad.over_limit() or stats.count == 0:
+                io.write_json(out_dir / BAD_FILES, bad.report(reader, source_split))
+                raise bad.error(out_dir, stats.count)
+            manifest = {
+                "dataset": dataset, "split": split, "format": fmt, "source_root": str(reader.root.resolve()),
+                "source_split": source_split, "seed": seed, "max_samples": max_samples,
+                "resize_short_side": resize_short_side, "num_samples": stats.count,
+                "fields": sorted(stats.fields), "shards": shards, "classes": classes,
+                "skipped": bad.listing(), "converted": stats.converted_listing(), "resized": stats.resized,
+                "image_size_stats": stats.image_size_stats(), "empty_classes": stats.empty(classes),
+                "dropped_annotations": bad.dropped_listing(),
+            }
+            io.write_json(staging / MANIFEST, manifest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _publish(staging, out_dir, split, shards)  # a kill in here is completed by the next run
+        (out_dir / BAD_FILES).unlink(missing_ok=True)  # a report of an earlier failed run no longer holds
+    _log_summary(log, name, manifest, progress.elapsed())
+    return manifest
+
+
+def _write_shards(staging: Path, split: str, todo: list[Record], reader: Reader, bad: _BadSamples,
+                  workers: int | None, max_count: int, max_bytes: float, progress: _Progress,
+                  log: Callable[[str], None]) -> tuple[_Stats, list[dict]]:
+    """Build every record; write the good samples into staging until the bad ones pass the limit."""
+    writer = _ShardWriter(staging, split, max_count, max_bytes)
+    stats, done = _Stats(), len(bad.items)
     try:
         with contextlib.closing(_built(todo, reader, workers)) as built:  # closing stops the workers
             for item in built:
                 if isinstance(item, Skip):
                     bad.add(item)
-                else:
+                elif not bad.over_limit():
                     writer.write(item)
                     stats.add(item)
-                progress.update(stats.count + len(bad.items), len(bad.items))
-        shards = writer.close()
-        if stats.count == 0:
-            raise ShardingError(f"{name}: no readable samples in {reader.location} "
-                                f"({len(bad.items)} skipped: {bad.first()})")
-        _remove_stale(out_dir, split, keep={s["file"] for s in shards})
-        manifest = {
-            "dataset": dataset, "split": split, "format": fmt, "source_root": str(reader.root.resolve()),
-            "source_split": source_split, "seed": seed, "max_samples": max_samples,
-            "resize_short_side": resize_short_side, "num_samples": stats.count,
-            "fields": sorted(stats.fields), "shards": shards, "classes": classes,
-            "skipped": bad.listing(), "converted": stats.converted_listing(), "resized": stats.resized,
-            "image_size_stats": stats.image_size_stats(),
-        }
-        io.write_json(out_dir / "manifest.json", manifest)
+                if bad.over_limit() and writer.writing():
+                    writer.abort()  # the split will fail: free the disk, keep checking to list every bad file
+                    log(f"[shard] {bad.name}: more than max_bad_fraction={bad.max_fraction} of the samples are "
+                        f"bad; writing stopped, checking the rest to list every bad file")
+                done += 1
+                progress.update(done, len(bad.items))
+        return stats, writer.close()
     except BaseException:
         writer.abort()
         raise
-    _log_summary(log, name, manifest, progress.elapsed())
-    return manifest
 
 
 # ----------------------------------------------------------------------------- building samples
@@ -112,36 +146,60 @@ def _built(records: list[Record], reader: Reader, workers: int | None) -> Iterat
     if workers <= 1 or len(records) < POOL_MIN_RECORDS:
         yield from map(reader.build, records)
         return
-    fn = functools.partial(build_sample, root=reader.root, resize_short_side=reader.resize_short_side)
+    fn = functools.partial(build_sample, **reader.build_kwargs())
     # forkserver: never fork a process that may hold threads (torch, BLAS)
     with multiprocessing.get_context("forkserver").Pool(workers) as pool:
         yield from pool.imap(fn, records, chunksize=64)
 
 
 class _BadSamples:
-    """Skipped records; raises ShardingError as soon as they exceed the allowed fraction of the split."""
+    """Skipped records (and dropped annotations) of a split, and the max_bad_fraction policy."""
 
-    def __init__(self, name: str, dataset: str, reader: Reader, total: int, max_fraction: float) -> None:
+    def __init__(self, name: str, dataset: str, reader: Reader, total: int, max_fraction: float,
+                 dropped: list[Skip]) -> None:
         self.name, self.dataset, self.reader = name, dataset, reader
         self.total, self.max_fraction = total, max_fraction
         self.items: list[Skip] = []
+        self.dropped = dropped
 
     def add(self, *items: Skip) -> None:
         self.items += items
-        if len(self.items) > self.max_fraction * self.total:
-            k = len(self.items)
-            raise ShardingError(
-                f"{self.name}: {k} of {self.total} samples are unreadable ({k / self.total:.2%}; stopped "
-                f"when they passed max_bad_fraction={self.max_fraction}). Fix or remove the files, or raise "
-                f"datasets.{self.dataset}.max_bad_fraction to skip them. Under {self.reader.root}: "
-                f"{self.first()}")
 
-    def first(self) -> str:
-        shown = "; ".join(f"{s['source']}: {s['reason']}" for s in self.listing()[:_SHOW])
-        return shown + (f"; ... and {len(self.items) - _SHOW} more" if len(self.items) > _SHOW else "")
+    def over_limit(self) -> bool:
+        return len(self.items) > self.max_fraction * self.total
 
     def listing(self) -> list[dict]:
         return [{"source": s.source, "reason": s.reason} for s in sorted(self.items, key=lambda s: s.source)]
+
+    def dropped_listing(self) -> list[dict]:
+        return [{"source": s.source, "reason": s.reason} for s in self.dropped]
+
+    def report(self, reader: Reader, source_split: str) -> dict:
+        """bad_files.json: every bad file of a failed split, relative to source_root."""
+        return {"dataset": self.dataset, "split": self.name.split("/", 1)[1], "source_root": str(reader.root.resolve()),
+                "source_split": source_split, "total": self.total, "max_bad_fraction": self.max_fraction,
+                "bad": self.listing(), "dropped_annotations": self.dropped_listing()}
+
+    def error(self, out_dir: Path, good: int) -> ShardingError:
+        """One complete first line (what, where, what to do), then the first bad files, one a line."""
+        k, report = len(self.items), out_dir / BAD_FILES
+        kept = f"; the earlier output in {out_dir} is unchanged" if (out_dir / MANIFEST).exists() else ""
+        if good == 0 and not self.over_limit():
+            first = (f"{self.name}: no readable samples in {self.reader.location} ({k} skipped){kept}; "
+                     f"every file is listed in {report}")
+        else:
+            first = (f"{self.name}: {k} of {self.total} samples are bad ({k / self.total:.2%}, more than "
+                     f"max_bad_fraction={self.max_fraction}); no shards written{kept}. Fix or remove the files, "
+                     f"or raise datasets.{self.dataset}.max_bad_fraction to skip them; all {k} are listed in "
+                     f"{report}")
+        lines = [f"  {s['source']}: {_short(s['reason'])}" for s in self.listing()[:_SHOW_ERROR]]
+        if k > _SHOW_ERROR:
+            lines.append(f"  ... and {k - _SHOW_ERROR} more (see {report})")
+        return ShardingError("\n".join([first, f"Under {self.reader.root}:", *lines]))
+
+
+def _short(text: str, n: int = 300) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 class _Stats:
@@ -153,9 +211,12 @@ class _Stats:
         self.converted: list[tuple[str, str]] = []
         self.widths: list[int] = []
         self.heights: list[int] = []
+        self.labels: set[int] = set()
 
     def add(self, sample: Sample) -> None:
         self.count += 1
+        if "cls" in sample.fields:
+            self.labels.add(int(sample.fields["cls"]))
         self.resized += sample.resized
         self.fields.update(sample.fields)
         if sample.converted:
@@ -165,6 +226,12 @@ class _Stats:
 
     def converted_listing(self) -> list[dict]:
         return [{"source": s, "reason": r} for s, r in sorted(self.converted)]
+
+    def empty(self, classes: list[dict]) -> list[dict]:
+        """Classes of a `cls` dataset with no stored sample (an empty class folder, or all its files bad)."""
+        if "cls" not in self.fields:
+            return []
+        return [{"id": c["id"], "name": c["name"]} for c in classes if c["id"] not in self.labels]
 
     def image_size_stats(self) -> dict:
         def stats(v: list[int]) -> dict:
@@ -225,6 +292,9 @@ class _ShardWriter:
             self._finish()
         return self.done
 
+    def writing(self) -> bool:
+        return self._tar is not None or bool(self.done)
+
     def abort(self) -> None:
         """Remove the shard being written and every shard this writer completed."""
         if self._tar is not None:
@@ -259,10 +329,68 @@ class _ShardWriter:
 
 def _remove_stale(out_dir: Path, split: str, keep: set[str]) -> None:
     """Shards of an earlier run that this manifest does not list, and temporary files of killed runs."""
-    pattern = re.compile(rf"\.?{re.escape(split)}-\d{{6}}\.tar(\.\d+\.tmp)?")
+    pattern = re.compile(rf"\.?{re.escape(split)}-\d{{6}}\.tar(\.\d+\.tmp)?|\.(manifest|bad_files)\.json\..+\.tmp")
     for path in out_dir.iterdir():
         if pattern.fullmatch(path.name) and path.name not in keep:
             path.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- swapping a split in
+
+
+@contextlib.contextmanager
+def _exclusive(out_dir: Path, name: str) -> Iterator[None]:
+    """One sharding run per output folder at a time: an flock on the folder, released when the process
+    ends however it ends. Best effort: where the filesystem has no flock (some NFS / Lustre mounts),
+    runs are not serialised (Snakemake's own lock still keeps two runs of one rule apart)."""
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ShardingError(f"{name}: another sharding run is writing {out_dir}; wait for it to end "
+                                f"(or stop it) and run again") from None
+        except OSError:
+            pass  # no flock here
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _fresh_staging(out_dir: Path, split: str, log: Callable[[str], None]) -> Path:
+    """An empty out_dir/.{split}.staging; a swap that a killed run left half done is completed first."""
+    staging = out_dir / f".{split}.staging"
+    if (staging / MANIFEST).exists() and not (out_dir / MANIFEST).exists():
+        log(f"[shard] {out_dir}: completing the swap of a run that was interrupted while swapping its "
+            f"complete output in")
+        _publish(staging, out_dir, split, json.loads((staging / MANIFEST).read_text())["shards"])
+    elif staging.exists():
+        log(f"[shard] {out_dir}: removing {staging.name}, left by a run that was killed")
+        shutil.rmtree(staging)
+    staging.mkdir()
+    return staging
+
+
+def _publish(staging: Path, out_dir: Path, split: str, shards: list[dict]) -> None:
+    """Swap the complete output in staging in. Order: old manifest out (a reader now finds no manifest,
+    never a mix), shards in, stale shards out, new manifest in. Idempotent: a killed swap is redone."""
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    for shard in shards:
+        if (staging / shard["file"]).exists():  # a resumed swap finds some shards already moved
+            os.replace(staging / shard["file"], out_dir / shard["file"])
+    _remove_stale(out_dir, split, keep={s["file"] for s in shards})
+    os.replace(staging / MANIFEST, out_dir / MANIFEST)
+    _fsync_dir(out_dir)
+    shutil.rmtree(staging)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the renames in `path` durable (a crash right after must not bring the old names back)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- progress
@@ -299,10 +427,16 @@ class _Progress:
 def _log_summary(log: Callable[[str], None], name: str, m: dict, elapsed: float) -> None:
     size = sum(s["bytes"] for s in m["shards"])
     rate = m["num_samples"] / max(elapsed, 1e-9)
+    for c in m["empty_classes"]:
+        log(f"[shard] {name}: WARNING: class {c['name']!r} (id {c['id']}) has no samples in this split (an empty "
+            f"folder, or all its files were skipped); it keeps its id so labels match the other splits")
+    if m["dropped_annotations"]:
+        log(f"[shard] {name}: WARNING: {len(m['dropped_annotations'])} annotation(s) belong to no image and were "
+            f"dropped (listed in the manifest's dropped_annotations)")
     log(f"[shard] {name}: done, {m['num_samples']} samples in {len(m['shards'])} shard(s), "
         f"{size / 1e6:.1f} MB, {elapsed:.1f}s ({rate:.0f} samples/s); {len(m['skipped'])} skipped, "
         f"{len(m['converted'])} converted, {m['resized']} resized")
-    for what in ("skipped", "converted"):
+    for what in ("skipped", "converted", "dropped_annotations"):
         for entry in m[what][:_SHOW]:
             log(f"[shard]   {what} {entry['source']}: {entry['reason']}")
         if len(m[what]) > _SHOW:

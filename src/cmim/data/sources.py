@@ -13,6 +13,25 @@ lives.
 
 Formats: imagefolder, ade20k, coco, fashion-mnist (`READERS`); the demo-ade20k / demo-coco trees are
 generated in the real layouts and read by the ade20k / coco readers.
+
+Annotation consistency (COCO json, ADE20K PNGs), checked when a split is listed or a sample built:
+- the split fails (SourceError naming the file): a json that does not parse or is not a COCO
+  instances file, a category without an integer id and a name or an id used twice (the class list is
+  every sample's contract), a malformed objectInfo150.txt, a missing annotations folder.
+- the image is skipped (a `Skip`: listed in the manifest's `skipped`, counts toward max_bad_fraction):
+  everything that can be pinned on one image. COCO: no integer id, no positive width/height, a width/
+  height that differs from the file, an id or file_name used by two image records (all of them: which
+  annotations belong to which cannot be told), a missing file, and any bad annotation of the image
+  (no integer id or an id used twice, a category_id not in categories, a bbox that is not
+  [x, y, w, h] with w, h >= 0): the whole image, not just the annotation, because an image with an
+  object left out teaches a detector that the object is background and costs AP in evaluation.
+  ADE20K: no annotation PNG, an annotation of another size, a label value outside the class list
+  (objectInfo150.txt ids + 0). A COCO image record without a file_name is listed by its place
+  (`annotations/instances_<split>.json:images[i]`).
+- the annotation is dropped (`Reader.dropped()`: listed in the manifest's `dropped_annotations`,
+  never fails the split): what belongs to no image we store. A COCO annotation without image_id or
+  with an image_id that no image record has, an ADE20K annotation PNG without its image. These change
+  no stored sample, and a json whose image list was cut on purpose (a mini-val) has many of them.
 """
 
 from __future__ import annotations
@@ -45,6 +64,10 @@ class SourceError(RuntimeError):
     """The source tree is missing or not in the expected layout (names the folder and the layout)."""
 
 
+class FormatError(SourceError, ValueError):
+    """An unknown source format (a ValueError too: a wrong argument as much as a wrong source)."""
+
+
 class BadSample(Exception):
     """One record is unusable; the message is the reason recorded in the manifest."""
 
@@ -58,6 +81,8 @@ class Record:
     json: bytes | None = None         # -> `json` (COCO: image record + its annotations)
     seg: str | None = None            # ADE20K annotation PNG, relative to root -> `seg.png`
     pixels: np.ndarray | None = None  # raw uint8 [H, W] pixels to encode (Fashion-MNIST), else read `source`
+    expect_size: tuple[int, int] | None = None  # (width, height) the annotations say the file has (COCO)
+    ref: str | None = None            # where the annotations name this file, appended to skip reasons
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,9 +192,10 @@ def _resize(im: Image.Image, short_side: int, resample=Image.Resampling.BICUBIC)
     return im.resize(size, resample=resample)
 
 
-def _seg_field(data: bytes, image_size: tuple[int, int],
-               stored_size: tuple[int, int]) -> tuple[bytes, str | None]:
-    """An ADE20K annotation: single-channel uint8 PNG of the image's size; P is re-encoded as L indices."""
+def _seg_field(data: bytes, image_size: tuple[int, int], stored_size: tuple[int, int],
+               labels: frozenset[int] | None = None) -> tuple[bytes, str | None]:
+    """An ADE20K annotation: single-channel uint8 PNG of the image's size with values in `labels`
+    (None: any value); P is re-encoded as L indices."""
     seg = _decode(data, "annotation")
     if seg.format != "PNG":
         raise BadSample(f"annotation is {seg.format}, not PNG")
@@ -177,6 +203,12 @@ def _seg_field(data: bytes, image_size: tuple[int, int],
         raise BadSample(f"annotation must be single-channel uint8 (mode L), got mode {seg.mode}")
     if seg.size != image_size:
         raise BadSample(f"annotation size {seg.size} differs from image size {image_size}")
+    if labels is not None:
+        found = np.flatnonzero(np.bincount(np.asarray(seg).ravel(), minlength=256))  # values present, sorted
+        unknown = [int(v) for v in found if int(v) not in labels]
+        if unknown:
+            raise BadSample(f"annotation has label value(s) {unknown[:10]} not in the class list "
+                            f"(objectInfo150.txt ids and 0 = unlabelled)")
     converted = None
     if seg.mode == "P":  # the palette indices are the labels; store them as plain grey values
         seg, converted = Image.fromarray(np.asarray(seg)), "annotation in mode P: re-encoded as L"
@@ -195,19 +227,25 @@ def _read(path: Path) -> bytes:
         raise BadSample(f"unreadable: {type(e).__name__}: {e.strerror or e}") from None
 
 
-def build_sample(record: Record, root: str | Path, resize_short_side: int | None = None) -> Sample | Skip:
-    """Read, check and encode one record. A pure function of its arguments (runs in worker processes)."""
+def build_sample(record: Record, root: str | Path, resize_short_side: int | None = None,
+                 seg_labels: frozenset[int] | None = None) -> Sample | Skip:
+    """Read, check and encode one record. A pure function of its arguments (runs in worker processes).
+
+    `seg_labels`: the values an annotation PNG may hold (None: any)."""
     try:
         if record.pixels is not None:  # Fashion-MNIST: zero-pad 28 -> 32 px, grey PNG
             padded = Image.fromarray(np.pad(record.pixels, FASHION_MNIST_PAD))
             image = _Image("png", _encode(padded, "PNG"), padded.size, padded.size, None, False)
         else:
             image = _image_field(_read(Path(root) / record.source), resize_short_side)
+        if record.expect_size is not None and image.source_size != record.expect_size:
+            raise BadSample("image is {}x{} pixels, the annotation file says {}x{}".format(
+                *image.source_size, *record.expect_size))
         fields = {image.field: image.data}
         converted = image.converted
         if record.seg is not None:
             fields["seg.png"], seg_converted = _seg_field(_read(Path(root) / record.seg), image.source_size,
-                                                          image.size)
+                                                          image.size, seg_labels)
             converted = "; ".join(c for c in (converted, seg_converted) if c) or None
         if record.label is not None:
             fields["cls"] = str(record.label).encode("ascii")
@@ -215,7 +253,7 @@ def build_sample(record: Record, root: str | Path, resize_short_side: int | None
             fields["json"] = record.json
         return Sample(record.key, fields, record.source, image.size, converted, image.resized)
     except BadSample as e:
-        return Skip(record.source, str(e))
+        return Skip(record.source, f"{e} ({record.ref})" if record.ref else str(e))
 
 
 # ----------------------------------------------------------------------------- listing helpers
@@ -240,11 +278,16 @@ class _Keys:
 def _files(folder: Path) -> list[str]:
     """Every non-hidden file under `folder` (recursively, following links), as sorted relative paths."""
     out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=_unlistable):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel = os.path.relpath(dirpath, folder)
         out += [f if rel == "." else f"{rel}/{f}" for f in filenames if not f.startswith(".")]
     return sorted(out)
+
+
+def _unlistable(e: OSError) -> None:
+    """os.walk skips folders it cannot list, silently; their files would vanish from the split unlisted."""
+    raise SourceError(f"cannot list {e.filename}: {e.strerror}; fix its permissions or remove it") from e
 
 
 def _stem(rel: str) -> str:
@@ -257,7 +300,7 @@ def _stem(rel: str) -> str:
 def _check_format(fmt: str) -> None:
     if fmt not in READERS:
         hint = " (demo-* trees are read with the ade20k / coco readers)" if fmt.startswith("demo-") else ""
-        raise ValueError(f"unknown source format {fmt!r}{hint}; valid: {sorted(READERS)}")
+        raise FormatError(f"unknown source format {fmt!r}{hint}; valid: {sorted(READERS)}")
 
 
 # ----------------------------------------------------------------------------- readers
@@ -273,6 +316,7 @@ class Reader(abc.ABC):
         self.split = split                # the source's split name (training, train2017, t10k, ...)
         self.location = self.root         # the folder named in messages (empty split, missing data)
         self.resize_short_side = resize_short_side
+        self._build_kwargs: dict | None = None
 
     @abc.abstractmethod
     def records(self) -> list[Record | Skip]:
@@ -282,8 +326,18 @@ class Reader(abc.ABC):
     def classes(self) -> list[dict]:
         """[{id, name, ...}] in id order; ids are the values stored in `cls` / `seg.png` / COCO json."""
 
+    def dropped(self) -> list[Skip]:
+        """Annotations that belong to no sample of the split (listed, not stored; see the module docstring)."""
+        return []
+
+    def build_kwargs(self) -> dict:
+        """build_sample's keyword arguments for this split (picklable: worker processes get them)."""
+        return {"root": self.root, "resize_short_side": self.resize_short_side}
+
     def build(self, record: Record) -> Sample | Skip:
-        return build_sample(record, self.root, self.resize_short_side)
+        if self._build_kwargs is None:  # once: an ADE20K reader parses objectInfo150.txt for it
+            self._build_kwargs = self.build_kwargs()
+        return build_sample(record, **self._build_kwargs)
 
     def __iter__(self) -> Iterator[Sample | Skip]:
         for r in self.records():
@@ -324,7 +378,8 @@ class ADE20KReader(Reader):
     """ADEChallengeData2016: images/<split>/*.jpg + annotations/<split>/<stem>.png (0 = unlabelled).
 
     `root` is the folder holding ADEChallengeData2016/ or that folder itself. Class ids are the
-    annotation values (1..150 for real ADE20K), names from objectInfo150.txt (first synonym).
+    annotation values (1..150 for real ADE20K), names from objectInfo150.txt (first synonym); with an
+    objectInfo150.txt, an annotation holding any other value than its ids or 0 is skipped.
     """
 
     fmt = "ade20k"
@@ -338,28 +393,53 @@ class ADE20KReader(Reader):
         if not self.location.is_dir():
             raise SourceError(f"ade20k: {self.location} is not a folder; root must hold {self.LAYOUT} "
                               f"or be the ADEChallengeData2016 folder itself (split {split!r})")
+        if not self._annotations().is_dir():
+            raise SourceError(f"ade20k: {self._annotations()} is not a folder; every image of {self.location} "
+                              f"needs its annotation PNG there (layout {self.LAYOUT})")
+        self._listing: tuple[list[Record | Skip], list[Skip]] | None = None
 
     def _annotations(self) -> Path:
         return self.root / self.base / "annotations" / self.split
 
-    def records(self):
-        ann_dir = self._annotations()
-        annotations = set(_files(ann_dir)) if ann_dir.is_dir() else set()
-        keys, out = _Keys(), []
-        for rel in _files(self.location):
-            source = f"{self.base}images/{self.split}/{rel}"
-            ann = f"{_stem(rel)}.png"
-            if ann not in annotations:
-                out.append(Skip(source, f"no annotation {self.base}annotations/{self.split}/{ann}"))
-            else:
-                out.append(Record(keys(_stem(rel)), source, seg=f"{self.base}annotations/{self.split}/{ann}"))
-        return out
+    def _list(self) -> tuple[list[Record | Skip], list[Skip]]:
+        """(one Record or Skip per image, the annotation files that belong to no image)."""
+        if self._listing is None:
+            annotations = set(_files(self._annotations()))
+            images, paired = _files(self.location), set()
+            keys, out = _Keys(), []
+            ann_dir, img_dir = f"{self.base}annotations/{self.split}", f"{self.base}images/{self.split}"
+            for rel in images:
+                ann = f"{_stem(rel)}.png"
+                if ann not in annotations:
+                    out.append(Skip(f"{img_dir}/{rel}", f"no annotation {ann_dir}/{ann}"))
+                else:
+                    paired.add(ann)
+                    out.append(Record(keys(_stem(rel)), f"{img_dir}/{rel}", seg=f"{ann_dir}/{ann}"))
+            orphans = [Skip(f"{ann_dir}/{a}", f"annotation without an image (no {img_dir}/{_stem(a)}.*)")
+                       for a in sorted(annotations - paired)]
+            self._listing = out, orphans
+        return self._listing
 
-    def classes(self):
+    def records(self):
+        return list(self._list()[0])
+
+    def dropped(self):
+        return list(self._list()[1])
+
+    def _object_info(self) -> Path | None:
         for info in (self.root / self.base / "objectInfo150.txt", self.root / "objectInfo150.txt"):
             if info.is_file():
-                return read_object_info(info)
-        return self._classes_from_annotations()
+                return info
+        return None
+
+    def classes(self):
+        info = self._object_info()
+        return read_object_info(info) if info else self._classes_from_annotations()
+
+    def build_kwargs(self):
+        info = self._object_info()  # no class list: the classes are whatever values the annotations hold
+        labels = frozenset([0] + [c["id"] for c in read_object_info(info)]) if info else None
+        return {**super().build_kwargs(), "seg_labels": labels}
 
     def _classes_from_annotations(self) -> list[dict]:
         """No objectInfo150.txt: every non-zero value found in the split's annotations, named class_<id>."""
@@ -379,13 +459,20 @@ def read_object_info(path: str | Path) -> list[dict]:
 
     The name column holds synonyms (`person;individual;...` or `building, edifice`): keep the first.
     """
-    out = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SourceError(f"{path}: cannot read the class list ({e}); restore objectInfo150.txt") from None
+    out, seen = [], set()
+    for n, line in enumerate(text.splitlines(), start=1):
         cols = line.split("\t") if "\t" in line else line.split(None, 4)
         if not line.strip() or not cols[0].strip().isdigit():  # the header, blank lines
             continue
         if len(cols) < 5:
             raise SourceError(f"{path}:{n}: expected 5 columns (Idx Ratio Train Val Name), got {line!r}")
+        if int(cols[0]) in seen:
+            raise SourceError(f"{path}:{n}: class id {int(cols[0])} is listed twice; fix the class list")
+        seen.add(int(cols[0]))
         name = re.split(r"[;,]", cols[4])[0].strip()
         out.append({"id": int(cols[0]), "name": name})
     if not out:
@@ -397,7 +484,8 @@ class COCOReader(Reader):
     """<root>/<split>/ images + <root>/annotations/instances_<split>.json; one sample per image.
 
     The `json` field holds {"image": <image record>, "annotations": [<its annotations>]} with the
-    original (non-contiguous) category ids; images without annotations are kept with [].
+    original (non-contiguous) category ids; images without annotations are kept with []. What is
+    checked, and what a problem costs (the split, the image or the annotation): the module docstring.
     """
 
     fmt = "coco"
@@ -407,41 +495,195 @@ class COCOReader(Reader):
         if resize_short_side is not None:
             raise SourceError("coco: resize_short_side is not supported (boxes and polygons are in the "
                               "original pixel coordinates); set datasets.<name>.resize_short_side: null")
-        self.location = self.root / split
+        self.images = self.root / split
         self.annotation_file = self.root / "annotations" / f"instances_{split}.json"
-        for path in (self.location, self.annotation_file):
+        self.location = self.annotation_file  # the split is what this file lists
+        for path in (self.images, self.annotation_file):
             if not path.exists():
                 raise SourceError(f"coco: {path} not found (layout <root>/<split>/ + "
                                   f"<root>/annotations/instances_<split>.json, split {split!r})")
         self._data: dict | None = None
+        self._index: tuple[list[Record | Skip], list[Skip]] | None = None
 
     def _load(self) -> dict:
         if self._data is None:
-            try:
-                self._data = json.loads(self.annotation_file.read_text())
-            except json.JSONDecodeError as e:
-                raise SourceError(f"coco: {self.annotation_file} is not valid JSON: {e}") from e
-            missing = {"images", "categories"} - set(self._data)
-            if missing:
-                raise SourceError(f"coco: {self.annotation_file} has no {sorted(missing)} "
-                                  "(not a COCO instances file)")
+            self._data = load_coco(self.annotation_file)
         return self._data
+
+    def _listing(self) -> tuple[list[Record | Skip], list[Skip]]:
+        if self._index is None:
+            where = f"annotations/{self.annotation_file.name}"
+            self._index = _COCOIndex(self._load(), self.split, where).listing()
+        return self._index
 
     def classes(self):
         return [dict(c) for c in sorted(self._load()["categories"], key=lambda c: c["id"])]
 
     def records(self):
-        data = self._load()
-        per_image: dict[int, list[dict]] = {}
-        for ann in sorted(data.get("annotations", []), key=lambda a: a["id"]):
-            per_image.setdefault(ann["image_id"], []).append(ann)
-        keys, out = _Keys(), []
-        for image in sorted(data["images"], key=lambda im: (im["file_name"], im["id"])):
-            doc = {"image": image, "annotations": per_image.get(image["id"], [])}
-            blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-            source = f"{self.split}/{image['file_name']}"
-            out.append(Record(keys(_stem(image["file_name"])), source, json=blob))
+        return list(self._listing()[0])
+
+    def dropped(self):
+        return list(self._listing()[1])
+
+
+def load_coco(path: Path) -> dict:
+    """Parse a COCO instances file and check what every sample depends on (else SourceError naming it)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except OSError as e:
+        raise SourceError(f"coco: cannot read {path}: {e.strerror}; fix its permissions") from None
+    except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8 at all
+        raise SourceError(f"coco: {path} is not valid JSON ({e}); fix or re-download it") from None
+    problems = _coco_file_problems(data)
+    if problems:
+        more = f" (and {len(problems) - 1} more problems, below)" if len(problems) > 1 else ""
+        raise SourceError(f"coco: {path} is not a usable COCO instances file: {problems[0]}{more}; fix the "
+                          f"file (its class list is every sample's contract)\n" + "\n".join(f"  {p}" for p in problems))
+    return data
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _coco_file_problems(data) -> list[str]:
+    if not isinstance(data, dict):
+        return ["the top level is not a JSON object"]
+    out = [f"no {k!r} list" for k in ("images", "categories") if not isinstance(data.get(k), list)]
+    if not isinstance(data.get("annotations", []), list):
+        out.append("'annotations' is not a list")
+    if out:
         return out
+    names: dict[int, str] = {}
+    for i, c in enumerate(data["categories"]):
+        if not isinstance(c, dict) or not _is_int(c.get("id")) or not isinstance(c.get("name"), str):
+            out.append(f"categories[{i}] needs an integer id and a name, got {str(c)[:80]}")
+        elif c["id"] in names:
+            out.append(f"category id {c['id']} is used twice ({names[c['id']]!r} and {c['name']!r})")
+        else:
+            names[c["id"]] = c["name"]
+    return out
+
+
+@dataclass
+class _COCOImage:
+    index: int                        # place in the json's image list
+    record: dict
+    source: str                       # <split>/<file_name>
+    problems: list[str]
+    annotations: list[dict]
+
+
+class _COCOIndex:
+    """Image records with their annotations; every inconsistency noted on the image it concerns."""
+
+    def __init__(self, data: dict, split: str, where: str) -> None:
+        self.split, self.where = split, where
+        self.categories = {c["id"] for c in data["categories"]}
+        self.images, self.unnamed = self._images(data["images"])
+        self.orphans = self._attach(data.get("annotations", []))
+
+    def listing(self) -> tuple[list[Record | Skip], list[Skip]]:
+        """(Records of the good images and Skips of the bad, sorted by source; dropped annotations)."""
+        keys, out = _Keys(), list(self.unnamed)
+        for im in sorted(self.images, key=lambda im: (im.source, im.index)):
+            if im.problems:
+                prefix = f"image id {im.record['id']}: " if _is_int(im.record.get("id")) else ""
+                out.append(Skip(im.source, prefix + "; ".join(im.problems)))
+                continue
+            doc = {"image": im.record, "annotations": sorted(im.annotations, key=lambda a: a["id"])}
+            blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+            out.append(Record(keys(_stem(im.record["file_name"])), im.source, json=blob,
+                              expect_size=(im.record["width"], im.record["height"]),
+                              ref=f"image id {im.record['id']} in {self.where}"))
+        return out, self.orphans
+
+    def _images(self, entries: list) -> tuple[list[_COCOImage], list[Skip]]:
+        images, unnamed = [], []
+        for i, im in enumerate(entries):
+            name = im.get("file_name") if isinstance(im, dict) else None
+            if not isinstance(name, str) or not name.strip():
+                what = f"image id {im.get('id')!r}" if isinstance(im, dict) else "an image entry that is not an object"
+                unnamed.append(Skip(f"{self.where}:images[{i}]", f"{what} has no file_name"))
+                continue
+            images.append(_COCOImage(i, im, f"{self.split}/{name}", _image_problems(im), []))
+        self._flag_shared(images, lambda im: im.record.get("id") if _is_int(im.record.get("id")) else None,
+                          lambda v, others: f"image id {v} is also used by {others}: which annotations "
+                                            f"belong to which image cannot be told")
+        self._flag_shared(images, lambda im: im.record["file_name"],
+                          lambda v, others: f"the file is listed twice (also as {others})")
+        return images, unnamed
+
+    @staticmethod
+    def _flag_shared(images: list[_COCOImage], key, reason) -> None:
+        groups: dict = {}
+        for im in images:
+            if key(im) is not None:
+                groups.setdefault(key(im), []).append(im)
+        for value, group in groups.items():
+            for im in group if len(group) > 1 else ():
+                others = ", ".join(f"{o.source} (images[{o.index}])" for o in group if o is not im)
+                im.problems.append(reason(value, others))
+
+    def _attach(self, annotations: list) -> list[Skip]:
+        """Give each annotation to its image (noting its problems there); return the ones with no image."""
+        by_id: dict[int, list[_COCOImage]] = {}
+        for im in self.images:
+            if _is_int(im.record.get("id")):
+                by_id.setdefault(im.record["id"], []).append(im)
+        orphans, holders, uses = [], {}, {}  # annotation id -> images holding it, annotations using it
+        for i, ann in enumerate(annotations):
+            here = f"{self.where}:annotations[{i}]"
+            if not isinstance(ann, dict):
+                orphans.append(Skip(here, "annotation entry is not a JSON object"))
+                continue
+            label, image_id = f"annotation id {ann.get('id')!r}", ann.get("image_id")
+            if "image_id" not in ann:
+                orphans.append(Skip(here, f"{label} has no image_id"))
+                continue
+            if not _is_int(image_id) or image_id not in by_id:
+                orphans.append(Skip(here, f"{label}: image_id {image_id!r} is not in images"))
+                continue
+            problems = _annotation_problems(ann, self.categories)
+            for im in by_id[image_id]:
+                im.annotations.append(ann)
+                im.problems += [f"{label}: {p}" for p in problems]
+            if _is_int(ann.get("id")):
+                holders.setdefault(ann["id"], []).extend(by_id[image_id])
+                uses[ann["id"]] = uses.get(ann["id"], 0) + 1
+        for ann_id, n in uses.items():
+            for im in {id(im): im for im in holders[ann_id]}.values() if n > 1 else ():
+                im.problems.append(f"annotation id {ann_id} is used by {n} annotations of the file")
+        return orphans
+
+
+def _image_problems(im: dict) -> list[str]:
+    out = []
+    if not _is_int(im.get("id")):
+        out.append(f"image record has no integer id (got {im.get('id')!r})")
+    w, h = im.get("width"), im.get("height")
+    if not (_is_int(w) and _is_int(h) and w > 0 and h > 0):
+        out.append(f"width/height {w!r}/{h!r} are not positive integers")
+    if Path(im["file_name"]).is_absolute() or ".." in Path(im["file_name"]).parts:
+        out.append(f"file_name {im['file_name']!r} is not a path inside the split folder")
+    return out
+
+
+def _annotation_problems(ann: dict, categories: set[int]) -> list[str]:
+    out = []
+    if not _is_int(ann.get("id")):
+        out.append("no integer id")
+    if not _is_int(ann.get("category_id")) or ann["category_id"] not in categories:
+        out.append(f"category_id {ann.get('category_id')!r} is not in categories")
+    box = ann.get("bbox")
+    if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)
+            and box[2] >= 0 and box[3] >= 0):
+        out.append(f"bbox {box!r} is not [x, y, width, height] with width, height >= 0")
+    return out
 
 
 class FashionMNISTReader(Reader):
@@ -453,13 +695,20 @@ class FashionMNISTReader(Reader):
         if split not in fashion_mnist.SPLITS:
             raise SourceError(f"fashion-mnist: split must be one of {sorted(fashion_mnist.SPLITS)}, "
                               f"got {split!r}")
-        super().__init__(fashion_mnist.find_root(root or None), split, resize_short_side)
+        try:
+            found = fashion_mnist.find_root(root or None)
+        except FileNotFoundError as e:
+            raise SourceError(str(e)) from None
+        super().__init__(found, split, resize_short_side)
 
     def classes(self):
         return [{"id": i, "name": name} for i, name in enumerate(fashion_mnist.CLASS_NAMES)]
 
     def records(self):
-        images, labels = fashion_mnist.load(self.root, self.split)
+        try:
+            images, labels = fashion_mnist.load(self.root, self.split)
+        except (OSError, ValueError, EOFError) as e:  # truncated / not gzip / not IDX: the message names the file
+            raise SourceError(f"fashion-mnist: {e}; reinstall the files (scripts/setup.sh)") from None
         file = f"{fashion_mnist.SPLITS[self.split]}-images-idx3-ubyte.gz"
         return [Record(f"{self.split}_{i:06d}", f"{file}:{i}", label=int(labels[i]), pixels=images[i])
                 for i in range(len(images))]

@@ -59,3 +59,43 @@ def extract(extractor: FeatureExtractor, batches: Iterable[dict], device: torch.
     if not feats:
         raise ValueError(f"no images to extract {what} from")
     return torch.cat(feats), torch.cat(labels)
+
+
+def extract_split(extractor: FeatureExtractor, manifest, image_size: int, eval_crop_pct: float, *, device,
+                  batch_size: int = 256, num_workers: int = 0, max_samples: int | None = None,
+                  log=print, what: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre-view features of a split's first `max_samples` images in the shards' fixed order."""
+    from cmim.data.loader import eval_loader
+    from cmim.data.views import eval_view
+
+    batches = eval_loader(manifest, eval_view(image_size, eval_crop_pct), batch_size=batch_size,
+                          num_workers=num_workers, max_samples=max_samples)
+    return extract(extractor, batches, device, log, what)
+
+
+FEATURES_FORMAT = "cmim-features-v1"
+
+
+def save_features(path, *, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
+                  **meta) -> None:
+    """One file per (run, dataset, checkpoint): the kNN and the cached probe read it, nothing re-extracts."""
+    from cmim import io
+
+    io.torch_save({"format": FEATURES_FORMAT, "train_x": train[0], "train_y": train[1], "val_x": val[0],
+                   "val_y": val[1], **meta}, path)
+
+
+def load_features(path) -> dict:
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"features file {path} not found; run its features rule first (snakemake {path})")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} cannot be read ({type(e).__name__}); re-run its features rule "
+                         f"(snakemake --forcerun features {path})") from None
+    if not isinstance(data, dict) or data.get("format") != FEATURES_FORMAT:
+        raise ValueError(f"{path}: not a cmim features file; re-run its features rule")
+    return data

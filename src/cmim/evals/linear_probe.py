@@ -5,8 +5,9 @@ Head: BatchNorm1d(affine=False, eps 1e-6) + Linear, weight trunc-normal std 0.01
 lr = base_lr x batch / 256 with per-iteration warmup then cosine; the head trains in train mode
 (only the BatchNorm cares). Two ways to feed it:
 - augmented (the paper's): RandomResizedCrop + flip through the frozen encoder every epoch;
-- cached: features of the centre view computed once, then many cheap epochs (demo / quick looks).
-Top-1/top-5 on the val split's centre view.
+- cached: the centre-view features extracted once per checkpoint (cmim.evals.features, shared with
+  kNN), then many cheap epochs (demo / quick looks).
+Top-1/top-5 (top-k for k <= classes) on the val split's centre view.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from timm.optim import Lars
 
 from cmim.data.loader import eval_loader, train_loader
 from cmim.data.views import ViewSpec, eval_view
+from cmim.evals.classify import accuracy
 from cmim.evals.features import FeatureExtractor, extract
 from cmim.train.schedule import absolute_lr, lr_at
 
@@ -35,12 +37,12 @@ class ProbeOptions:
     optimizer: str = "lars"
     max_train_samples: int | None = None
     max_val_samples: int | None = None
-    num_workers: int = 8
+    on_checkpoint_epochs: bool = False
     seed: int = 0
 
     @classmethod
     def from_config(cls, spec: dict) -> ProbeOptions:
-        return cls(**{k: v for k, v in spec.items() if k not in ("runs", "dataset")})
+        return cls(**{k: v for k, v in spec.items() if k not in ("runs", "dataset", "per_run")})
 
 
 def make_head(dim: int, num_classes: int) -> torch.nn.Module:
@@ -61,36 +63,33 @@ def make_optimizer(head: torch.nn.Module, opts: ProbeOptions, lr: float) -> torc
                             {"params": others, "weight_decay": 0.0}], lr=lr, momentum=0.9)
 
 
-@torch.no_grad()
-def accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
-    top = logits.topk(max(ks), dim=1).indices
-    hits = top == labels[:, None]
-    return {f"top{k}": 100.0 * hits[:, :k].any(dim=1).float().mean().item() for k in ks if k <= logits.shape[1]}
-
-
 class LinearProbe:
-    """Train a probe on one run's frozen features and score it on the val split."""
+    """Train a probe on one run's frozen features and score it on the val split.
 
-    def __init__(self, extractor: FeatureExtractor, num_classes: int, opts: ProbeOptions, device: torch.device,
-                 image_size: int, eval_crop_pct: float, log=print) -> None:
+    cached: `run(cached=(train_x, train_y, val_x, val_y))`; augmented: `run(train_manifest=...,
+    val_manifest=..., num_train=...)` with an extractor (the val split is its centre view).
+    """
+
+    def __init__(self, extractor: FeatureExtractor | None, num_classes: int, opts: ProbeOptions, device: torch.device,
+                 image_size: int, eval_crop_pct: float, num_workers: int = 0, log=print) -> None:
         self.extractor, self.num_classes, self.opts, self.device, self.log = extractor, num_classes, opts, device, log
-        self.image_size, self.eval_crop_pct = image_size, eval_crop_pct
+        self.image_size, self.eval_crop_pct, self.num_workers = image_size, eval_crop_pct, num_workers
 
     def _val_features(self, manifest) -> tuple[torch.Tensor, torch.Tensor]:
         batches = eval_loader(manifest, eval_view(self.image_size, self.eval_crop_pct), batch_size=256,
-                              num_workers=self.opts.num_workers, max_samples=self.opts.max_val_samples)
+                              num_workers=self.num_workers, max_samples=self.opts.max_val_samples)
         return extract(self.extractor, batches, self.device, self.log, "val features")
 
-    def run(self, train_manifest, val_manifest, num_train: int) -> dict:
+    def run(self, train_manifest=None, val_manifest=None, num_train: int = 0, cached=None) -> dict:
         opts = self.opts
         torch.manual_seed(opts.seed)
-        val_x, val_y = self._val_features(val_manifest)
         if opts.features == "cached":
-            batches = eval_loader(train_manifest, eval_view(self.image_size, self.eval_crop_pct), batch_size=256,
-                                  num_workers=opts.num_workers, max_samples=opts.max_train_samples)
-            train_x, train_y = extract(self.extractor, batches, self.device, self.log, "train features")
+            train_x, train_y, val_x, val_y = cached
+            train_x, train_y = train_x[:opts.max_train_samples], train_y[:opts.max_train_samples]
+            val_x, val_y = val_x[:opts.max_val_samples], val_y[:opts.max_val_samples]
             num_train = len(train_y)
         else:
+            val_x, val_y = self._val_features(val_manifest)
             num_train = min(num_train, opts.max_train_samples or num_train)
         batch = min(opts.batch_size, num_train)
         steps_per_epoch = max(1, num_train // batch)
@@ -140,7 +139,7 @@ class LinearProbe:
 
         view = ViewSpec(num_views=1, crop_size=self.image_size, scale=(0.08, 1.0))
         loader = train_loader(manifest, view, batch_size=batch, num_batches=steps, epoch=epoch,
-                              seed=self.opts.seed, num_workers=self.opts.num_workers)
+                              seed=self.opts.seed, num_workers=self.num_workers)
         for b in loader:
             images = random_hflip(b["images"][:, 0].float(), 0.5).to(torch.uint8)
             with torch.no_grad():

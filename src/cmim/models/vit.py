@@ -20,16 +20,18 @@ from cmim.models.pos_embed import sincos_2d
 LayerNorm6 = partial(nn.LayerNorm, eps=1e-6)  # MAE's norm layer everywhere (encoder, decoders)
 
 
-def build_encoder(spec: dict, device=None) -> VisionTransformer:
+def build_encoder(spec: dict, device=None, **timm_kwargs) -> VisionTransformer:
     """spec = {embed_dim, depth, num_heads, patch_size, img_size} (config.encoder_spec) -> encoder.
 
     num_classes=0 (no head), mlp_ratio 4, qkv_bias, cls token, global_pool 'token'. `device`
-    ("meta" for shape-only checks) is passed to timm's constructor.
+    ("meta" for shape-only checks) is passed to timm's constructor, and so are `timm_kwargs`
+    (e.g. drop_path_rate, dynamic_img_size for the transfer tasks: see `downstream_encoder`).
     """
     encoder = VisionTransformer(
         img_size=spec["img_size"], patch_size=spec["patch_size"], embed_dim=spec["embed_dim"],
         depth=spec["depth"], num_heads=spec["num_heads"], mlp_ratio=4.0, qkv_bias=True, num_classes=0,
-        class_token=True, global_pool="token", norm_layer=LayerNorm6, weight_init="skip", device=device)
+        class_token=True, global_pool="token", norm_layer=LayerNorm6, weight_init="skip", device=device,
+        **timm_kwargs)
     grid = spec["img_size"] // spec["patch_size"]
     encoder.pos_embed.requires_grad_(False)
     with torch.no_grad():
@@ -39,6 +41,36 @@ def build_encoder(spec: dict, device=None) -> VisionTransformer:
         nn.init.normal_(encoder.cls_token, std=0.02)
     init_weights(encoder.blocks)
     init_weights(encoder.norm)
+    return encoder
+
+
+def downstream_encoder(pretrained: VisionTransformer, img_size: int | None = None, *, drop_path_rate: float = 0.0,
+                       dynamic_img_size: bool = False, trainable_pos_embed: bool = True) -> VisionTransformer:
+    """A copy of a pretrained encoder for a transfer task (finetune, segmentation, detection).
+
+    What the reference recipes do (MAE finetune, mmseg/ViTDet backbones): the same weights, drop
+    path `drop_path_rate` (linearly increasing over the blocks, timm's rule), the position
+    embedding resampled (bicubic, timm's `resample_abs_pos_embed`) to the `img_size` grid when it
+    differs, and made trainable (`trainable_pos_embed`); `dynamic_img_size` lets timm resample it
+    per input size (detection with varying image sizes). The pretrained module is not changed.
+    """
+    from timm.layers import resample_abs_pos_embed
+
+    old_grid = pretrained.patch_embed.grid_size
+    patch = pretrained.patch_embed.patch_size[0]
+    size = img_size or old_grid[0] * patch
+    if size % patch:
+        raise ValueError(f"image size {size} is not a multiple of the patch size {patch}")
+    spec = {"embed_dim": pretrained.embed_dim, "depth": len(pretrained.blocks), "patch_size": patch,
+            "num_heads": pretrained.blocks[0].attn.num_heads, "img_size": size}
+    encoder = build_encoder(spec, drop_path_rate=drop_path_rate, dynamic_img_size=dynamic_img_size)
+    state = {k: v.detach().clone() for k, v in pretrained.state_dict().items()}
+    new_grid = [size // patch, size // patch]
+    if list(old_grid) != new_grid:
+        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], new_grid, list(old_grid),
+                                                    num_prefix_tokens=pretrained.num_prefix_tokens)
+    encoder.load_state_dict(state)
+    encoder.pos_embed.requires_grad_(trainable_pos_embed)
     return encoder
 
 

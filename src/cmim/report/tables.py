@@ -1,4 +1,8 @@
-"""Result tables: one function per table, markdown for reading and CSV for everything else."""
+"""Result tables of our runs: one function per table, markdown for reading and CSV for everything else.
+
+These are the per-task tables (every run of a task, baselines included); the paper tables, which put
+our numbers beside the papers', are built from the same result files (cmim.report.paper_tables).
+"""
 
 from __future__ import annotations
 
@@ -7,32 +11,75 @@ from pathlib import Path
 import pandas as pd
 
 from cmim import io
+from cmim.evals import results
+from cmim.train.checkpoint import encoder_label as _label
 
 
 def encoder_label(spec: dict | None) -> str:
-    if not spec:
-        return "-"
-    return (f"ViT d{spec['depth']} w{spec['embed_dim']} h{spec['num_heads']} "
-            f"p{spec['patch_size']} @{spec['img_size']}")
+    return _label(spec) if spec else "-"
+
+
+def _pct(value) -> float:
+    return round(value, 2) if value is not None else float("nan")
 
 
 def probe_rows(paths: list[Path]) -> pd.DataFrame:
     rows = []
     for path in paths:
-        r = io.read_json(path)
-        encoder = encoder_label(r.get("encoder")) if r["feature"] != "pixels" else "-"
-        rows.append({"run": r["run"], "method": r["method"], "encoder": encoder,
+        r = results.read(path)
+        rows.append({"run": r["run"], "method": r["method"], "encoder": encoder_label(r.get("encoder")),
                      "pretrain epochs": r["pretrain_epochs"], "feature": r["feature"],
-                     "probe": r["protocol"]["features"], "top-1": round(r["top1"], 2),
-                     "top-5": round(r.get("top5", float("nan")), 2), "train": r["train_samples"],
-                     "val": r["val_samples"], "dataset": r["dataset"]})
+                     "probe": r["protocol"]["features"], "top-1": _pct(r["metrics"]["top1"]),
+                     "top-5": _pct(r["metrics"].get("top5")), "train": r["dataset"]["train_samples"],
+                     "val": r["dataset"]["val_samples"], "dataset": r["dataset"]["name"]})
     return pd.DataFrame(rows)
+
+
+def _write(df: pd.DataFrame, title: str, out_md: Path, out_csv: Path) -> pd.DataFrame:
+    io.write_text(out_csv, df.to_csv(index=False))
+    body = df.to_markdown(index=False) if len(df) else "(no results)"
+    io.write_text(out_md, f"# {title}\n\n{body}\n")
+    return df
 
 
 def probe_table(paths: list[Path], out_md: Path, out_csv: Path) -> pd.DataFrame:
     """Linear-probe top-1 of every probed run, baselines included, in config order."""
-    df = probe_rows(paths)
-    io.write_text(out_csv, df.to_csv(index=False))
-    title = "Linear probe on frozen features (top-1 / top-5 %, val split)"
-    io.write_text(out_md, f"# {title}\n\n{df.to_markdown(index=False)}\n")
-    return df
+    return _write(probe_rows(paths), "Linear probe on frozen features (top-1 / top-5 %, val split)", out_md, out_csv)
+
+
+def eval_rows(task: str, paths: list[Path]) -> pd.DataFrame:
+    rows = []
+    for path in paths:
+        r = results.read(path)
+        p, m = r["protocol"], r["metrics"]
+        row = {"run": r["run"], "method": r["method"], "encoder": encoder_label(r.get("encoder")),
+               "pretrain epochs": r["pretrain_epochs"]}
+        if task == "knn":
+            row.update({"feature": r["feature"], "k": p["k"], "T": p["temperature"]})
+        else:
+            row.update({"pool": p["pool"], "epochs": p["epochs"], "batch": p["batch_size"], "base lr": p["base_lr"],
+                        "layer decay": p["layer_decay"]})
+            if task == "partial_finetune":
+                row["tuned blocks"] = p["blocks"]
+        row.update({"top-1": _pct(m["top1"]), "top-5": _pct(m.get("top5"))})
+        if "best" in r:
+            row.update({"best top-1": _pct(r["best"]["top1"]), "best epoch": r["best"]["epoch"]})
+        if "training" in r:
+            row["img/s"] = round(r["training"]["img_per_s"], 1)
+        row.update({"train": r["dataset"]["train_samples"], "val": r["dataset"]["val_samples"],
+                    "dataset": r["dataset"]["name"]})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+TITLES = {
+    "knn": "Weighted kNN on frozen features (top-1 / top-5 %, val split)",
+    "finetune": "End-to-end finetuning (top-1 / top-5 % of the last epoch, val split)",
+    "partial_finetune": "Partial finetuning of the last k blocks (top-1 / top-5 %, val split)",
+}
+
+
+def eval_table(task: str, paths: list[Path], out_md: Path, out_csv: Path) -> pd.DataFrame:
+    if task not in TITLES:
+        raise ValueError(f"no table for task {task!r}; tables: {sorted(TITLES)}")
+    return _write(eval_rows(task, paths), TITLES[task], out_md, out_csv)

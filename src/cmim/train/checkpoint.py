@@ -4,10 +4,20 @@ A resume state holds everything to continue bit-for-bit: model (incl. EMA target
 grad scaler, schedule position, RNG states and data position (epoch, step in epoch). Only the
 newest few are kept. A state saved under another resolved config is never resumed from: it is
 moved aside, so a changed hyper-parameter starts a fresh run instead of silently continuing.
+
+Failure rules (a kill or a full disk can strike inside any write):
+- every file is written under a hidden temporary name and renamed (cmim.io); a job's start
+  removes the temporary files its killed predecessors left (`remove_stale_temp`);
+- an unreadable state (cut short) is moved to resume/corrupt/ and named in the log, so it is never
+  counted as the newest and never makes rotation delete good states;
+- an epoch checkpoint is exported before the resume state of that epoch's end is written, so a
+  state at epoch E implies ckpt-E exists (`missing_epoch_exports` checks it on resume).
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,6 +34,10 @@ def resume_file(resume_dir: Path, step: int) -> Path:
     return Path(resume_dir) / f"step-{step:09d}.pt"
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used, named with the reason and what to do."""
+
+
 def save_resume(resume_dir: Path, state: dict[str, Any], keep: int = KEEP_RESUME) -> Path:
     """Write the state for `state['step']`, then drop all but the newest `keep` states."""
     path = resume_file(resume_dir, state["step"])
@@ -33,15 +47,45 @@ def save_resume(resume_dir: Path, state: dict[str, Any], keep: int = KEEP_RESUME
     return path
 
 
+def remove_stale_temp(root: Path, log=print) -> list[Path]:
+    """Delete the hidden `.<name>.*.tmp` files that killed writes left under a job's folder."""
+    removed = []
+    root = Path(root)
+    if not root.exists():
+        return removed
+    for path in sorted(root.rglob(".*.tmp")):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        log(f"[resume] removed {len(removed)} partial file(s) left by a killed write: "
+            f"{', '.join(str(p) for p in removed[:5])}{' ...' if len(removed) > 5 else ''}")
+    return removed
+
+
+def _quarantine(path: Path, reason: str, log) -> Path:
+    corrupt = path.parent / "corrupt"
+    corrupt.mkdir(exist_ok=True)
+    target = corrupt / path.name
+    path.replace(target)
+    log(f"[resume] {path} is unreadable ({reason}); moved to {target} and not used")
+    return target
+
+
 def newest_resume(resume_dir: Path, config_hash: str, log=print) -> tuple[dict | None, Path | None]:
-    """The newest loadable state saved under this config, or (None, None) to start fresh."""
+    """The newest loadable state saved under this config, or (None, None) to start fresh.
+
+    Unreadable states are moved to resume/corrupt/ (kept for inspection, out of rotation).
+    """
     resume_dir = Path(resume_dir)
     candidates = sorted(resume_dir.glob("step-*.pt"), reverse=True)
     for path in candidates:
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:  # a file truncated by a full disk: fall back to the previous one
-            log(f"[resume] skipping unreadable {path}: {e!r}")
+            if not isinstance(state, dict) or "step" not in state:
+                raise ValueError("not a cmim resume state")
+        except Exception as e:  # cut short by a kill or a full disk: fall back to the previous one
+            _quarantine(path, f"{type(e).__name__}: {e}", log)
             continue
         if state.get("config_hash") != config_hash:
             stale = resume_dir.with_name(f"{resume_dir.name}.stale-{state.get('config_hash')}")
@@ -55,6 +99,11 @@ def newest_resume(resume_dir: Path, config_hash: str, log=print) -> tuple[dict |
     return None, None
 
 
+def missing_epoch_exports(epochs: list[int], done_epochs: int, path_of) -> list[int]:
+    """Epochs at or before `done_epochs` whose export is missing (would be lost for good on resume)."""
+    return [e for e in epochs if e <= done_epochs and not Path(path_of(e)).exists()]
+
+
 def export_encoder(path: Path, encoder: torch.nn.Module, spec: dict, **meta: Any) -> None:
     """The pretrained encoder alone, with the shape needed to rebuild it (what evaluations load)."""
     state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
@@ -65,16 +114,31 @@ def read_encoder_checkpoint(path: Path) -> dict:
     """Load an exported encoder checkpoint with clear errors for missing or foreign files."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"encoder checkpoint {path} not found; run the pretrain step for it first")
+        raise CheckpointError(f"encoder checkpoint {path} not found; run the pretrain step for it first "
+                              f"(snakemake {path})")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path}: cannot be read as a checkpoint ({e!r}); delete it and re-run pretraining") from e
+        if re.fullmatch(r"step-\d+\.pt", path.name) or path.parent.name in ("resume", "corrupt"):
+            raise CheckpointError(
+                f"{path} is a resume state (model + optimiser + RNG, for continuing training), not an "
+                f"exported encoder; keep it (training resumes from it) and pass the run's checkpoint.pt or "
+                f"epochs/ckpt-E.pt instead") from None
+        raise CheckpointError(f"{path} cannot be read as a checkpoint ({type(e).__name__}: {str(e)[:200]}); "
+                              f"if it was cut short, re-export it by re-running its pretrain rule (training "
+                              f"resumes from the run's resume/ states, nothing is retrained)") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != ENCODER_FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"{path}: not a cmim encoder checkpoint (format {found}); "
-                         f"expected '{ENCODER_FORMAT}' as written by `python -m cmim pretrain`")
+        raise CheckpointError(f"{path}: not a cmim encoder checkpoint (format {found}); "
+                              f"expected '{ENCODER_FORMAT}' as written by `python -m cmim pretrain`")
     return ckpt
+
+
+def _shape_mismatches(model: torch.nn.Module, state: dict) -> list[str]:
+    own = model.state_dict()
+    out = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
+           if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    return out
 
 
 def load_encoder(path: Path, expected_spec: dict | None = None) -> tuple[torch.nn.Module | None, dict]:
@@ -86,13 +150,35 @@ def load_encoder(path: Path, expected_spec: dict | None = None) -> tuple[torch.n
         return None, ckpt
     spec = ckpt["encoder_spec"]
     if expected_spec is not None and dict(expected_spec) != dict(spec):
-        diff = {k: (spec.get(k), expected_spec.get(k)) for k in set(spec) | set(expected_spec)
-                if spec.get(k) != expected_spec.get(k)}
-        raise ValueError(f"{path}: encoder shape {diff} (checkpoint, expected) does not match the config; "
-                         f"re-run pretraining or fix the run's arch/patch/image size")
+        diff = ", ".join(f"{k}: checkpoint {spec.get(k)} vs config {expected_spec.get(k)}"
+                         for k in sorted(set(spec) | set(expected_spec)) if spec.get(k) != expected_spec.get(k))
+        raise CheckpointError(f"{path}: the encoder's shape does not match the run's config ({diff}); "
+                              f"re-run pretraining for this config, or fix the run's arch / patch / image size")
     encoder = build_encoder(spec)
-    result = encoder.load_state_dict(ckpt["encoder"], strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"{path}: weights do not fit a {spec} encoder: missing {result.missing_keys[:5]}, "
-                         f"unexpected {result.unexpected_keys[:5]}")
+    state = ckpt["encoder"]
+    mismatched = _shape_mismatches(encoder, state)
+    own = set(encoder.state_dict())
+    missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
+    if mismatched or missing or unexpected:
+        parts = [f"{len(mismatched)} with other shapes ({'; '.join(mismatched[:3])})" if mismatched else "",
+                 f"{len(missing)} missing ({', '.join(missing[:3])})" if missing else "",
+                 f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])})" if unexpected else ""]
+        raise CheckpointError(f"{path}: its weights do not fit the {encoder_label(spec)} encoder it declares: "
+                              f"{'; '.join(p for p in parts if p)}; the file was not written by this cmim "
+                              f"version or was edited: re-run its pretrain rule")
+    encoder.load_state_dict(state)
     return encoder, ckpt
+
+
+def encoder_label(spec: dict) -> str:
+    return (f"ViT d{spec['depth']} w{spec['embed_dim']} h{spec['num_heads']} p{spec['patch_size']} "
+            f"@{spec['img_size']}")
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """sha256 of a file, read in 4 MiB chunks (a ViT-B checkpoint takes about a second)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

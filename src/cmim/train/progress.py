@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -35,6 +36,66 @@ class Meter:
         return self.images / max(1e-9, time.perf_counter() - self.started)
 
 
+class RunMeter:
+    """Throughput of a whole job across its sessions: a resumed job continues the counts its resume
+    state recorded, so summary.json gives the job's img/s and FLOPs even when it resumed at the end.
+    Time spent in epoch-end evaluations is paused out of the training time."""
+
+    def __init__(self, images: int = 0, train_time: float = 0.0, wall_before: float = 0.0,
+                 flops_per_image: float | None = None) -> None:
+        self.images, self.train_time, self.wall_before = images, train_time, wall_before
+        self.flops_per_image = flops_per_image
+        self._session_start = self._running_since = None
+        self._session_images, self._session_train = 0, 0.0
+
+    @classmethod
+    def from_state(cls, state: dict | None, elapsed: float) -> RunMeter:
+        state = state or {}
+        return cls(state.get("images", 0), state.get("train_time", 0.0), elapsed, state.get("flops_per_image"))
+
+    def state(self) -> dict:
+        return {"images": self.images, "train_time": self._train_time_now(), "flops_per_image": self.flops_per_image}
+
+    def start_session(self) -> None:
+        self._session_start = self._running_since = time.perf_counter()
+
+    def pause(self) -> None:
+        if self._running_since is not None:
+            spent = time.perf_counter() - self._running_since
+            self.train_time += spent
+            self._session_train += spent
+            self._running_since = None
+
+    def resume(self) -> None:
+        if self._running_since is None and self._session_start is not None:
+            self._running_since = time.perf_counter()
+
+    def stop_session(self) -> None:
+        self.pause()
+
+    def add_images(self, n: int) -> None:
+        self.images += n
+        self._session_images += n
+
+    def _train_time_now(self) -> float:
+        running = time.perf_counter() - self._running_since if self._running_since is not None else 0.0
+        return self.train_time + running
+
+    def elapsed(self) -> float:
+        """Wall time of the job: earlier sessions plus this one so far."""
+        now = time.perf_counter() - self._session_start if self._session_start is not None else 0.0
+        return self.wall_before + now
+
+    def rate(self) -> float:
+        """Images per second of training over the whole job (0 if nothing was trained)."""
+        return self.images / self._train_time_now() if self._train_time_now() > 0 else 0.0
+
+    def session_rate(self) -> float:
+        running = time.perf_counter() - self._running_since if self._running_since is not None else 0.0
+        spent = self._session_train + running
+        return self._session_images / spent if spent > 0 else 0.0
+
+
 def progress_line(run: str, epoch: int, epochs: int, step: int, total: int, terms: dict[str, float],
                   lr: float, img_s: float, eta_s: float) -> str:
     losses = " ".join(f"{k} {v:.4f}" for k, v in sorted(terms.items(), key=lambda kv: kv[0] != "total"))
@@ -43,14 +104,36 @@ def progress_line(run: str, epoch: int, epochs: int, step: int, total: int, term
 
 
 def append_jsonl(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row, sort_keys=True) + "\n")
+    """One row, written with a single append (a kill can still tear it: `read_jsonl` drops a torn line)."""
+    line = (json.dumps(row, sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
 
 
-def truncate_jsonl(path: Path, max_step: int) -> None:
-    """Drop rows logged after the checkpoint we resume from, so a resumed run has no duplicate steps."""
+def read_jsonl(path: Path, log=None) -> list[dict]:
+    """The rows of a metrics file; a line that is not JSON (torn by a kill or a full disk during an
+    append) is dropped and named in the log instead of failing every later reader."""
+    rows = []
+    for n, line in enumerate(Path(path).read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if log is not None:
+                log(f"[metrics] {path}:{n}: dropped a torn line (not JSON: {line[:60]!r})")
+    return rows
+
+
+def truncate_jsonl(path: Path, max_step: int, log=None) -> None:
+    """Drop rows logged after the checkpoint we resume from (no duplicate steps), and torn lines."""
+    path = Path(path)
     if not path.exists():
         return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    keep = [r for r in rows if json.loads(r).get("step", 0) <= max_step]
-    path.write_text("".join(r + "\n" for r in keep))
+    keep = [r for r in read_jsonl(path, log) if r.get("step", 0) <= max_step]
+    from cmim import io
+
+    io.write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))

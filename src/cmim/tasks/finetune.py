@@ -1,0 +1,301 @@
+"""End-to-end and partial finetuning: a training task on the same engine and launchers as pretraining.
+
+MAE's recipe (METHODS.md 2.2), every value a key of evaluations.finetune / partial_finetune:
+- the pretrained encoder becomes a timm VisionTransformer classifier: global average of the patch
+  tokens + fc_norm (MAE's --global_pool; the encoder's final norm is dropped) or the cls token after
+  the final norm (`pool: cls`); a new head, weight trunc-normal std 2e-5, bias 0; drop path
+  linearly increasing to `drop_path`; the position embedding trainable (resampled if the image size
+  differs from pretraining);
+- AdamW (0.9, 0.999), weight decay 0.05 (none on norms, biases, pos/cls tokens), layer-wise lr decay
+  from timm's `param_groups_layer_decay`, lr = base_lr x batch / 256, warmup + cosine to min_lr;
+- views: RandomResizedCrop (0.08-1, bicubic) + flip + RandAugment in the workers; random erasing
+  (pixel mode) and Mixup/CutMix with label smoothing (timm) on the normalised batch, with timm's
+  SoftTargetCrossEntropy;
+- val: resize + centre crop (the dataset's eval_crop_pct), top-1/top-5. The result is the LAST
+  epoch's score; the best periodic score is reported beside it, never picked on val.
+Partial finetuning (`blocks`: k) trains only the last k blocks, the final (fc_)norm and the head;
+the frozen blocks run without drop path and without autograd. k = 0 is a linear classifier on
+the frozen encoder through the same code.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from cmim.data.augment import normalize, to_unit
+from cmim.data.classify import finetune_loader
+from cmim.data.loader import class_names, eval_loader, read_manifest
+from cmim.data.views import ViewSpec, eval_view
+from cmim.evals import classify, results
+from cmim.models.vit import LayerNorm6
+from cmim.train import checkpoint as ckpt
+from cmim.train.task import Context, LoopOptions, TrainTask
+
+EVAL_BATCH = 256
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """evaluations.finetune / partial_finetune in the config schema (same names and defaults)."""
+
+    epochs: int = 100
+    warmup_epochs: float = 5
+    samples_per_epoch: int | None = None
+    batch_size: int = 1024
+    accum_steps: int = 1
+    base_lr: float = 5e-4
+    min_lr: float = 1e-6
+    layer_decay: float = 0.65
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    drop_path: float = 0.1
+    pool: str = "avg"
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    label_smoothing: float = 0.1
+    rand_augment: str | None = "rand-m9-mstd0.5-inc1"
+    reprob: float = 0.25
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    hflip_prob: float = 0.5
+    grad_clip: float | None = None
+    max_val_samples: int | None = None
+    eval_every_epochs: int = 1
+    precision: str = "auto"
+    compile: str = "off"
+    seed: int = 0
+    checkpoint_every_steps: int = 1000
+    log_every_steps: int = 50
+    blocks: tuple[int, ...] | None = None    # partial_finetune's list (one job per entry)
+
+    @classmethod
+    def from_config(cls, spec: dict) -> FinetuneOptions:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(spec) - names - {"runs", "per_run", "dataset"})
+        if unknown:
+            raise ValueError(f"unknown finetune option(s) {unknown}; valid: {sorted(names)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k in names}
+        return cls(**values)
+
+    def loop(self) -> LoopOptions:
+        return LoopOptions.from_dict({f.name: getattr(self, f.name) for f in fields(self)})
+
+
+def build_classifier(encoder: nn.Module, num_classes: int, opts: FinetuneOptions, image_size: int) -> nn.Module:
+    """A timm VisionTransformer classifier carrying the pretrained encoder's weights (see module docstring)."""
+    from timm.layers import resample_abs_pos_embed
+    from timm.models.vision_transformer import VisionTransformer
+
+    patch = encoder.patch_embed.patch_size[0]
+    vit = VisionTransformer(
+        img_size=image_size, patch_size=patch, embed_dim=encoder.embed_dim, depth=len(encoder.blocks),
+        num_heads=encoder.blocks[0].attn.num_heads, mlp_ratio=4.0, qkv_bias=True, num_classes=num_classes,
+        class_token=True, global_pool="avg" if opts.pool == "avg" else "token", norm_layer=LayerNorm6,
+        drop_path_rate=opts.drop_path, weight_init="skip")
+    state = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+    if opts.pool == "avg":  # MAE's global pool: the encoder's final norm is replaced by fc_norm
+        state = {k: v for k, v in state.items() if not k.startswith("norm.")}
+    old, new = list(encoder.patch_embed.grid_size), list(vit.patch_embed.grid_size)
+    if old != new:
+        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], new, old, num_prefix_tokens=1)
+    result = vit.load_state_dict(state, strict=False)
+    fresh = {k for k in vit.state_dict() if k.startswith(("head.", "fc_norm."))}
+    if set(result.missing_keys) - fresh or result.unexpected_keys:
+        raise ckpt.CheckpointError(f"the encoder's weights do not fit the classifier: missing "
+                                   f"{sorted(set(result.missing_keys) - fresh)[:5]}, unexpected "
+                                   f"{result.unexpected_keys[:5]}")
+    nn.init.trunc_normal_(vit.head.weight, std=2e-5)
+    nn.init.zeros_(vit.head.bias)
+    vit.pos_embed.requires_grad_(True)
+    return vit
+
+
+def freeze_all_but_last(vit: nn.Module, k: int) -> None:
+    """Partial finetuning: only the last k blocks, the final norm / fc_norm and the head train."""
+    depth = len(vit.blocks)
+    if not 0 <= k <= depth:
+        raise ValueError(f"partial finetuning of the last {k} blocks: the encoder has {depth}; choose 0 <= k <= {depth}")
+    vit.requires_grad_(False)
+    for block in vit.blocks[depth - k:]:
+        block.requires_grad_(True)
+    for block in vit.blocks[:depth - k]:  # frozen: deterministic, no stochastic depth
+        block.drop_path1 = nn.Identity()
+        block.drop_path2 = nn.Identity()
+    for module in (vit.norm, vit.fc_norm, vit.head):
+        module.requires_grad_(True)
+
+
+class FinetuneModel(nn.Module):
+    """uint8 views -> normalise -> random erasing -> Mixup/CutMix -> classifier -> soft-target CE."""
+
+    def __init__(self, vit: nn.Module, opts: FinetuneOptions, num_classes: int, mean, std) -> None:
+        super().__init__()
+        from timm.data import Mixup
+        from timm.data.random_erasing import RandomErasing
+        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+        self.vit, self.opts, self.mean, self.std = vit, opts, tuple(mean), tuple(std)
+        mixing = opts.mixup > 0 or opts.cutmix > 0
+        self.mixup = Mixup(mixup_alpha=opts.mixup, cutmix_alpha=opts.cutmix, prob=opts.mixup_prob,
+                           switch_prob=opts.mixup_switch_prob, mode="batch", label_smoothing=opts.label_smoothing,
+                           num_classes=num_classes) if mixing else None
+        self.erase = RandomErasing(opts.reprob, mode="pixel", device="cpu") if opts.reprob > 0 else None
+        if mixing:
+            self.criterion = SoftTargetCrossEntropy()
+        elif opts.label_smoothing > 0:
+            self.criterion = LabelSmoothingCrossEntropy(opts.label_smoothing)
+        else:
+            self.criterion = nn.CrossEntropyLoss()
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        return normalize(to_unit(images), self.mean, self.std)
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        x, y = self.inputs(batch["images"]), batch["labels"]
+        if self.erase is not None:
+            self.erase.device = x.device
+            x = self.erase(x)
+        if self.mixup is not None:
+            x, y = self.mixup(x, y)
+        loss = self.criterion(self.vit(x), y)
+        return {"total": loss}
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return self.vit(self.inputs(images))
+
+    def parameter_groups(self, weight_decay: float) -> list[dict]:
+        from timm.optim import param_groups_layer_decay
+
+        return param_groups_layer_decay(self.vit, weight_decay=weight_decay,
+                                        no_weight_decay_list=self.vit.no_weight_decay(),
+                                        layer_decay=self.opts.layer_decay)
+
+
+class FinetuneTask(TrainTask):
+    name = "finetune"
+
+    def __init__(self, run: dict, checkpoint_path: Path, train_manifest: Path, val_manifest: Path, opts: FinetuneOptions,
+                 data: dict, *, blocks: int | None = None, result_path: Path | None = None,
+                 checkpoint_sha256: str | None = None) -> None:
+        self.run, self.opts, self.data, self.blocks = run, opts, data, blocks
+        self.train_manifest_path, self.val_manifest_path = Path(train_manifest), Path(val_manifest)
+        self.result_path = Path(result_path) if result_path else None
+        self.task_name = "finetune" if blocks is None else f"partial_finetune-k{blocks}"
+        self.train_manifest = read_manifest(train_manifest)
+        val = read_manifest(val_manifest)
+        self.classes = class_names(self.train_manifest)
+        if len(self.classes) < 2:
+            raise ValueError(f"{train_manifest}: finetuning needs a labelled dataset with >= 2 classes, "
+                             f"found {len(self.classes)}")
+        if class_names(val) != self.classes:
+            raise ValueError(f"{val_manifest}: its classes differ from the train split's ({len(class_names(val))} vs "
+                             f"{len(self.classes)}: {sorted(set(class_names(val)) ^ set(self.classes))[:5]}); "
+                             f"train and val must share one class list")
+        self.val_samples = min(val["num_samples"], opts.max_val_samples or val["num_samples"])
+        self.checkpoint_path = Path(checkpoint_path)
+        encoder, self.ckpt_meta = ckpt.load_encoder(self.checkpoint_path, expected_spec=run["encoder"])
+        if encoder is None:
+            raise ValueError(f"run {run['run']}: the raw_pixels baseline has no encoder to finetune")
+        self.checkpoint_sha256 = checkpoint_sha256 or ckpt.file_sha256(self.checkpoint_path)
+        micro = opts.batch_size // opts.accum_steps
+        if (opts.mixup > 0 or opts.cutmix > 0) and micro % 2:
+            raise ValueError(f"{self.task_name}.batch_size: timm's Mixup needs an even batch per step, got "
+                             f"{opts.batch_size} / accum_steps {opts.accum_steps}")
+        self.options = opts.loop()
+        torch.manual_seed(opts.seed)
+        vit = build_classifier(encoder, len(self.classes), opts, data["image_size"])
+        if blocks is not None:
+            freeze_all_but_last(vit, blocks)
+        self.model = FinetuneModel(vit, opts, len(self.classes), data["mean"], data["std"])
+        self.started = time.time()
+
+    @classmethod
+    def from_job(cls, job: dict) -> FinetuneTask:
+        run = yaml.safe_load(Path(job["run_config"]).read_text())
+        return cls(run, Path(job["checkpoint"]), Path(job["train_manifest"]), Path(job["val_manifest"]),
+                   FinetuneOptions.from_config(job["options"]), job["data"], blocks=job.get("blocks"),
+                   result_path=job.get("result"), checkpoint_sha256=job.get("checkpoint_sha256"))
+
+    # ------------------------------------------------------------------ identity
+    def identity(self) -> dict:
+        from cmim.config import config_hash
+
+        return {"task": self.task_name, "run": config_hash(self.run), "checkpoint": self.checkpoint_sha256,
+                "options": {f.name: getattr(self.opts, f.name) for f in fields(self.opts) if f.name != "blocks"},
+                "blocks": self.blocks, "data": self.data,
+                "train": [s["sha256"] for s in self.train_manifest["shards"]]}
+
+    def describe(self) -> str:
+        return f"{self.run['run']}/{self.task_name}"
+
+    def summary_fields(self) -> dict:
+        return {"run": self.run["run"], "method": self.run["method"], "evaluation": self.task_name}
+
+    def num_train_samples(self) -> int:
+        return self.train_manifest["num_samples"]
+
+    # ------------------------------------------------------------------ data
+    def train_batches(self, ctx: Context, epoch: int, micro_batch: int, num_batches: int):
+        view = ViewSpec(num_views=1, crop_size=self.data["image_size"], scale=tuple(self.opts.crop_scale),
+                        interpolation="bicubic")
+        return finetune_loader(self.train_manifest_path, view, hflip_prob=self.opts.hflip_prob,
+                               rand_augment_config=self.opts.rand_augment, mean=self.data["mean"],
+                               num_classes=len(self.classes), batch_size=micro_batch, num_batches=num_batches,
+                               epoch=epoch, seed=self.opts.seed, num_workers=ctx.num_workers)
+
+    def score(self, ctx: Context) -> dict:
+        view = eval_view(self.data["image_size"], self.data["eval_crop_pct"])
+        batches = eval_loader(self.val_manifest_path, view, batch_size=EVAL_BATCH, num_workers=ctx.num_workers,
+                              max_samples=self.opts.max_val_samples)
+        self.model.eval()
+        try:
+            scores = classify.score(self.model.predict, batches, len(self.classes), ctx.env.device, ctx.env.rank,
+                                    ctx.env.world_size, amp=ctx.amp)
+        finally:
+            self.model.train()
+        scores.pop("samples")
+        return scores
+
+    # ------------------------------------------------------------------ outputs
+    def epoch_end(self, ctx: Context, epoch: int, step: int) -> dict | None:
+        every = self.opts.eval_every_epochs
+        last = epoch == self.options.epochs
+        if every and epoch % every == 0 and not last:
+            return self.score(ctx)
+        return None
+
+    def evaluate(self, ctx: Context) -> dict:
+        return self.score(ctx)
+
+    def export(self, ctx: Context, step: int) -> None:
+        from cmim import io
+
+        io.torch_save({"format": "cmim-classifier-v1", "model": self.model.vit.state_dict(),
+                       "classes": self.classes, "encoder_spec": self.run["encoder"], "task": self.task_name,
+                       "run": self.run["run"], "step": step}, ctx.files.checkpoint)
+
+    def write_result(self, ctx: Context, summary: dict, final: dict | None) -> None:
+        if self.result_path is None:
+            return
+        history = results.eval_rows(ctx.files.metrics)
+        history.append({"epoch": self.options.epochs, "step": summary["steps"], **final})
+        best = max(history, key=lambda r: r["top1"])
+        protocol = {f.name: getattr(self.opts, f.name) for f in fields(self.opts) if f.name != "blocks"}
+        protocol.update(blocks=self.blocks, feature=self.opts.pool)
+        record = results.record(
+            self.task_name, self.run, final, protocol=protocol,
+            checkpoint=results.checkpoint_info(self.checkpoint_path, self.ckpt_meta, self.checkpoint_sha256),
+            dataset={"name": self.data["dataset"], "train_samples": self.train_manifest["num_samples"],
+                     "val_samples": self.val_samples, "num_classes": len(self.classes)},
+            wall_time_s=summary["wall_time_s"], history=history,
+            best={"top1": best["top1"], "epoch": best["epoch"]}, training=summary,
+            trainable_parameters=sum(p.numel() for p in self.model.parameters() if p.requires_grad))
+        results.write(self.result_path, record)

@@ -1,0 +1,95 @@
+"""Pretraining as a training task: a method (MAE, CAN, CMAE, SimCLR) on its dataset's train split.
+
+The method is the model (its forward returns every loss term); the data are the method's views
+(`view_spec`) from the shard loader; the outputs are the encoder alone: at each epoch listed in
+`checkpoint_epochs` (for the accuracy-vs-epochs figure) and at the end (`checkpoint.pt`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cmim import io
+from cmim.config import BASELINE_METHODS
+from cmim.data.loader import read_manifest, train_loader
+from cmim.train import checkpoint as ckpt
+from cmim.train.task import Context, LoopOptions, TrainTask
+
+
+class PretrainTask(TrainTask):
+    name = "pretrain"
+
+    def __init__(self, run: dict, manifest: str | Path) -> None:
+        from cmim.methods import build_method
+
+        if run["method"] in BASELINE_METHODS:
+            raise ValueError(f"run {run['run']}: {run['method']} is a baseline, nothing to train (write_baseline)")
+        self.run, self.manifest_path = run, Path(manifest)
+        self.manifest = read_manifest(self.manifest_path)
+        self.options = LoopOptions.from_dict(run)
+        torch.manual_seed(run["seed"])  # same initial weights on every rank
+        self.model = build_method(run)
+
+    def identity(self) -> dict:
+        return self.run  # the resolved run: everything that decides the weights
+
+    def describe(self) -> str:
+        return self.run["run"]
+
+    def summary_fields(self) -> dict:
+        return {"run": self.run["run"], "method": self.run["method"]}
+
+    def num_train_samples(self) -> int:
+        return self.manifest["num_samples"]
+
+    def train_batches(self, ctx: Context, epoch: int, micro_batch: int, num_batches: int):
+        return train_loader(self.manifest_path, self.model.view_spec(), batch_size=micro_batch,
+                            num_batches=num_batches, epoch=epoch, seed=self.options.seed,
+                            num_workers=ctx.num_workers)
+
+    def after_step(self, progress: float) -> None:
+        self.model.after_step(progress)
+
+    def meta(self, epoch: int, step: int) -> dict:
+        return {"run": self.run["run"], "method": self.run["method"], "epoch": epoch, "step": step,
+                "config_hash": ckpt_hash(self.run), "probe_feature": self.run["probe_feature"]}
+
+    def epoch_end(self, ctx: Context, epoch: int, step: int) -> None:
+        if epoch in self.options.checkpoint_epochs and ctx.env.is_main:
+            ckpt.export_encoder(ctx.files.resume_epoch_checkpoint(epoch), self.model.encoder, self.run["encoder"],
+                                **self.meta(epoch, step))
+        return None
+
+    def export(self, ctx: Context, step: int) -> None:
+        ckpt.export_encoder(ctx.files.checkpoint, self.model.encoder, self.run["encoder"],
+                            **self.meta(self.run["epochs"], step))
+
+
+def ckpt_hash(run: dict) -> str:
+    from cmim.config import config_hash
+
+    return config_hash(run)
+
+
+def write_baseline(run: dict, files, log=print) -> dict:
+    """random_init: the encoder at its seeded initialisation; raw_pixels: no encoder at all.
+    The same outputs as a pretraining run, written in seconds, never on a GPU allocation."""
+    from cmim.models.vit import build_encoder
+
+    torch.manual_seed(run["seed"])
+    encoder = None if run["method"] == "raw_pixels" else build_encoder(run["encoder"])
+    meta = {"run": run["run"], "method": run["method"], "epoch": 0, "step": 0, "config_hash": ckpt_hash(run),
+            "probe_feature": run["probe_feature"]}
+    if encoder is None:
+        io.torch_save({"format": ckpt.ENCODER_FORMAT, "encoder": None, "encoder_spec": run["encoder"], **meta},
+                      files.checkpoint)
+    else:
+        ckpt.export_encoder(files.checkpoint, encoder, run["encoder"], **meta)
+    io.write_text(files.metrics, "")
+    summary = {"task": "pretrain", "run": run["run"], "method": run["method"], "epochs": 0, "steps": 0,
+               "images_seen": 0, "wall_time_s": 0.0, "config_hash": ckpt_hash(run)}
+    io.write_json(files.summary, summary)
+    log(f"[{run['run']}] {run['method']} baseline written (nothing to train)")
+    return summary

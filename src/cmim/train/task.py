@@ -1,0 +1,168 @@
+"""What a training job is, to the one loop (cmim.train.engine.Trainer).
+
+Pretraining, end-to-end and partial finetuning, semantic segmentation and detection are all
+training jobs with the same needs: AdamW groups (layer decay included), a schedule, accumulation,
+autocast, DDP, resume states, a NaN guard, progress lines, metrics.jsonl and summary.json. The loop
+owns all of that once; a task contributes only what differs (DESIGN section 7): its model (whose
+`forward(batch)` returns every named loss term plus "total"), its data stream, its optimiser
+groups, what it exports and what it scores at the end.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from cmim.train import schedule
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """The keys of a run (or of a training evaluation) that fix the loop; the schema holds their defaults.
+
+    Pretraining reads them from the run, finetuning / segmentation / detection from their
+    `evaluations.<task>` block, so one validated vocabulary serves every trained job.
+    """
+
+    epochs: int                                  # passes of samples_per_epoch (ignored when `iters` is set)
+    batch_size: int                              # global batch: all ranks x all accumulation steps
+    base_lr: float                               # lr = base_lr x batch_size / 256
+    warmup_epochs: float = 0.0                   # linear warmup, per iteration
+    warmup_iters: int | None = None              # warmup in optimiser steps (overrides warmup_epochs)
+    iters: int | None = None                     # total optimiser steps (iteration schedules: mmseg's 160k)
+    samples_per_epoch: int | None = None         # None = the train split's size
+    accum_steps: int = 1
+    min_lr: float = 0.0
+    lr_schedule: str = "cosine"                  # cosine | poly | step
+    poly_power: float = 1.0                      # poly: (1 - t)^power
+    lr_drops: tuple[float, ...] = ()             # step: fractions of the run where lr is multiplied by 0.1
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float | None = None
+    precision: str = "auto"
+    compile: str = "off"
+    seed: int = 0
+    checkpoint_every_steps: int = 500
+    log_every_steps: int = 50
+    checkpoint_epochs: tuple[int, ...] = ()      # epochs whose model the task exports (pretraining)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LoopOptions:
+        """The loop keys of a resolved run / evaluation block; other keys belong to the task."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: d[k] for k in names if k in d}
+        for key in ("betas", "lr_drops", "checkpoint_epochs"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The numbers that fix a run's length and learning rate (derived once, logged once)."""
+
+    samples_per_epoch: int
+    steps_per_epoch: int
+    epochs: int
+    total_steps: int
+    warmup_steps: int
+    micro_batch: int
+    peak_lr: float
+
+    @classmethod
+    def of(cls, opts: LoopOptions, num_samples: int, world_size: int) -> Plan:
+        samples = opts.samples_per_epoch or num_samples
+        per_epoch = schedule.steps_per_epoch(samples, opts.batch_size)
+        if opts.iters is not None:
+            total, epochs = opts.iters, math.ceil(opts.iters / per_epoch)
+        else:
+            total, epochs = per_epoch * opts.epochs, opts.epochs
+        warmup = opts.warmup_iters if opts.warmup_iters is not None else round(opts.warmup_epochs * per_epoch)
+        return cls(samples_per_epoch=samples, steps_per_epoch=per_epoch, epochs=epochs, total_steps=total,
+                   warmup_steps=min(warmup, total),
+                   micro_batch=schedule.micro_batch_size(opts.batch_size, world_size, opts.accum_steps),
+                   peak_lr=schedule.absolute_lr(opts.base_lr, opts.batch_size))
+
+    def lr_at(self, step: int, opts: LoopOptions) -> float:
+        return schedule.lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr, opts.min_lr,
+                              kind=opts.lr_schedule, power=opts.poly_power, drops=opts.lr_drops)
+
+
+@dataclass
+class Context:
+    """What a task may use from the running job (set by the Trainer before training starts)."""
+
+    env: object                                  # cmim.train.distributed.DistEnv
+    files: object                                # cmim.paths.RunFiles of this job's folder
+    num_workers: int = 0
+    log: object = print
+    amp: torch.dtype | None = None               # the autocast dtype of training (None = fp32)
+    extra: dict = field(default_factory=dict)
+
+
+class TrainTask(abc.ABC):
+    """One kind of training job. Subclasses set `name`, `options` and `model` in __init__."""
+
+    name: str = "train"
+    options: LoopOptions
+    model: nn.Module
+
+    # ------------------------------------------------------------------ what the job is
+    @abc.abstractmethod
+    def identity(self) -> dict:
+        """Everything that decides the result (hashed): a resume state saved under another identity
+        is moved aside instead of resumed. Never include where or how fast it runs."""
+
+    @abc.abstractmethod
+    def num_train_samples(self) -> int:
+        """Size of the train split (the default epoch length)."""
+
+    def describe(self) -> str:
+        """The job's name in progress lines."""
+        return self.name
+
+    def summary_fields(self) -> dict:
+        """Extra keys of summary.json (run id, method, ...)."""
+        return {}
+
+    # ------------------------------------------------------------------ training
+    def parameter_groups(self) -> list[dict]:
+        """AdamW groups of `self.model`; a group may carry `lr_scale` (layer decay)."""
+        return self.model.parameter_groups(self.options.weight_decay)
+
+    @abc.abstractmethod
+    def train_batches(self, ctx: Context, epoch: int, micro_batch: int, num_batches: int) -> Iterable[dict]:
+        """Exactly `num_batches` batches of this rank for epoch `epoch`, a pure function of
+        (seed, epoch, rank, worker count): a resumed run rebuilds the epoch and skips what it saw."""
+
+    def to_device(self, batch: dict, device: torch.device) -> dict:
+        return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def batch_images(self, batch: dict) -> int:
+        """Images in one micro-batch (for images/s and FLOPs per image)."""
+        return len(batch["images"])
+
+    def after_step(self, progress: float) -> None:
+        """After every optimiser step, progress = step / total_steps (EMA targets)."""
+
+    # ------------------------------------------------------------------ outputs
+    def epoch_end(self, ctx: Context, epoch: int, step: int) -> dict | None:
+        """After epoch `epoch` (1-based) and before its resume state is written: exports and periodic
+        evaluations; returned metrics are logged as an `eval` row of metrics.jsonl. All ranks call it."""
+        return None
+
+    def export(self, ctx: Context, step: int) -> None:
+        """Rank 0, at the very end: the job's final model file(s)."""
+
+    def evaluate(self, ctx: Context) -> dict | None:
+        """All ranks, at the very end: the final score (DDP: each rank scores its share and reduces)."""
+        return None
+
+    def write_result(self, ctx: Context, summary: dict, final: dict | None) -> None:
+        """Rank 0, last of all: the job's result file (the declared output of its rule), if it has one."""
