@@ -27,7 +27,8 @@ METHOD_OPTION_KEYS = TRAINED_METHODS  # a run may carry an options block named a
 # Evaluation tasks, and which runs each can take: a task that trains or reads an encoder cannot
 # take raw_pixels (there is no encoder to finetune).
 FROZEN_TASKS = ("linear_probe", "knn")
-TRAINED_TASKS = ("finetune", "partial_finetune")
+TRAINED_TASKS = ("finetune", "partial_finetune", "ade20k", "coco")
+DENSE_TASKS = ("ade20k", "coco")            # segmentation (UperNet) and detection (Mask R-CNN)
 TASKS = FROZEN_TASKS + TRAINED_TASKS
 NEEDS_ENCODER = TRAINED_TASKS
 # Keys that moved out of runs and evaluations: they decide how fast a job runs, not what it computes.
@@ -210,6 +211,7 @@ def _explain(error: jsonschema.ValidationError, root: dict) -> list[str]:
 def validate(raw: dict, source: str = "config") -> dict:
     """Schema check (all problems at once), then defaults, then cross-key checks. Returns a new dict."""
     root = schema()
+    raw = {k: v for k, v in raw.items() if k != "run_groups"}  # recomputed below (a config validated twice)
     validator = jsonschema.Draft202012Validator(root)
     errors = sorted(validator.iter_errors(raw), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
@@ -220,7 +222,19 @@ def validate(raw: dict, source: str = "config") -> dict:
     config = copy.deepcopy(raw)
     runs, run_defaults = config.pop("runs"), config.pop("run_defaults", {})
     config = fill_defaults(config, root, root)
-    config["runs"], config["run_defaults"] = runs, run_defaults
+    config["run_defaults"] = {k: v for k, v in run_defaults.items() if k != "seeds"}
+    try:
+        config["runs"], config["run_groups"] = expand_seeds(runs, run_defaults.get("seeds"))
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    for task, spec in config["evaluations"].items():
+        if isinstance(spec.get("runs"), list):
+            spec["runs"] = expand_names(spec["runs"], config["run_groups"])
+        if spec.get("per_run"):
+            spec["per_run"] = {m: own for name, own in spec["per_run"].items()
+                               for m in config["run_groups"].get(name, [name])}
+    if isinstance(config["report"].get("loss_curve_runs"), list):
+        config["report"]["loss_curve_runs"] = expand_names(config["report"]["loss_curve_runs"], config["run_groups"])
     problems = _check_semantics(config, raw)
     if problems:
         raise ConfigError(f"{source}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
@@ -228,6 +242,41 @@ def validate(raw: dict, source: str = "config") -> dict:
 
 
 # ----------------------------------------------------------------------------- runs
+
+
+def seed_run_id(run_id: str, seed: int) -> str:
+    return f"{run_id}-s{seed}"
+
+
+def expand_seeds(runs: dict, default_seeds: list[int] | None = None) -> tuple[dict, dict[str, list[str]]]:
+    """Runs with `seeds: [a, b, ...]` become one run per seed (`<id>-s<seed>`, `seed` set);
+    returns (runs, groups: id as written -> its run ids)."""
+    out, groups = {}, {}
+    for run_id, spec in runs.items():
+        seeds = spec.get("seeds", default_seeds)
+        own = {k: v for k, v in spec.items() if k != "seeds"}
+        if not seeds:
+            out[run_id], groups[run_id] = own, [run_id]
+            continue
+        if "seed" in own:
+            raise ConfigError(f"runs.{run_id}: give either seed or seeds, not both")
+        members = [seed_run_id(run_id, s) for s in seeds]
+        for member, seed in zip(members, seeds):
+            if member in runs:
+                raise ConfigError(f"runs.{run_id}.seeds: the expanded run id '{member}' is taken by another run")
+            out[member] = {**own, "seed": seed}
+        groups[run_id] = members
+    return out, groups
+
+
+def expand_names(names: list[str], groups: dict[str, list[str]]) -> list[str]:
+    """Run ids as written in evaluations / report lists: a group name stands for all its seeds."""
+    out = []
+    for name in names:
+        for member in groups.get(name, [name]):
+            if member not in out:
+                out.append(member)
+    return out
 
 
 def run_options(config: dict, run_id: str) -> dict:

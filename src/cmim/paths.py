@@ -54,6 +54,10 @@ class RunFiles:
         return self.root / "metrics.jsonl"
 
     @property
+    def reconstructions(self) -> Path:  # pretraining: a few decoder outputs for the report (cmim.methods.visualize)
+        return self.root / "reconstructions.pt"
+
+    @property
     def resume(self) -> Path:          # rolling training states; not a rule output, survives reruns
         return self.root / "resume"
 

@@ -291,4 +291,14 @@ def all_targets(cfg: dict) -> list[str]:
     if "partial_finetune" in evaluations and evaluated_runs(cfg, "partial_finetune"):
         targets.append(str(paths.figure("partial_finetune")))
     targets.append(str(paths.figure("pretrain_loss")))
+    targets += report_targets(cfg)
     return targets
+
+
+def report_targets(cfg: dict) -> list[str]:
+    """The paper tables and figures of the study (cmim.report.targets, when the report is configured)."""
+    try:
+        from cmim.report import targets
+    except ImportError:
+        return []
+    return targets.all_report_targets(cfg)

@@ -38,6 +38,7 @@ rule pretrain:
         checkpoint="results/pretrain/{run}/checkpoint.pt",
         summary="results/pretrain/{run}/summary.json",
         metrics="results/pretrain/{run}/metrics.jsonl",
+        reconstructions="results/pretrain/{run}/reconstructions.pt",
     params:
         out_dir=lambda w: f"results/pretrain/{w.run}",
     threads: W.pretrain_threads(CFG)

@@ -35,11 +35,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cmim.data.augment import simclr_augment
+from cmim.data.augment import simclr_augment, to_unit
 from cmim.data.views import ViewSpec
 from cmim.losses.infonce import nt_xent
 from cmim.losses.reconstruction import masked_mse, norm_pix, visible_mse
 from cmim.methods.common import Method, options_from
+from cmim.methods.visualize import compose
 from cmim.models.decoder import MaskedDecoder
 from cmim.models.heads import SigmaEmbedding, projector
 from cmim.models.masking import random_masking
@@ -145,6 +146,14 @@ class CAN(Method):
         if "denoise" in terms:
             mae = (1 - o.denoise_weight) * terms["recon"] + o.denoise_weight * terms["denoise"]
         return o.mae_weight * mae + o.contrastive_weight * terms["infonce"]
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor) -> dict[str, Tensor]:
+        """uint8 [N, 3, S, S] -> input / masked / reconstruction (the noisy visible patches are encoded)."""
+        imgs = self.normalize(to_unit(images))
+        enc = self.forward_encoder(imgs)
+        pred = self.forward_decoder(enc["latent"], enc["ids_restore"], enc["sigma"])
+        return compose(imgs, pred, enc["mask"], self.patch_size, self.opts.norm_pix_loss, self.mean, self.std)
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
         enc = self.forward_encoder(self.prepare(batch))

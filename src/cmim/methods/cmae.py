@@ -30,11 +30,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cmim.data.augment import color_jitter, gaussian_blur, random_grayscale, random_hflip
+from cmim.data.augment import color_jitter, gaussian_blur, random_grayscale, random_hflip, to_unit
 from cmim.data.views import ViewSpec
 from cmim.losses.infonce import info_nce
 from cmim.losses.reconstruction import masked_mse, norm_pix
 from cmim.methods.common import Method, freeze, options_from
+from cmim.methods.visualize import compose
 from cmim.models.decoder import MaskedDecoder
 from cmim.models.ema import ema_update, momentum_at
 from cmim.models.heads import cmae_predictor, cmae_projector
@@ -157,6 +158,14 @@ class CMAE(Method):
     def recon_loss(self, online: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
         target = patchify(online, self.patch_size)
         return masked_mse(pred, norm_pix(target) if self.opts.norm_pix_loss else target, mask)
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor) -> dict[str, Tensor]:
+        """uint8 [N, 3, S, S] (the online view) -> input / masked / reconstruction of the pixel decoder."""
+        online = self.normalize(to_unit(images))
+        ids_keep, mask, ids_restore = self.mask(online.shape[0], online.device)
+        pred = self.decoder(encode_visible(self.encoder, online, ids_keep), ids_restore)
+        return compose(online, pred, mask, self.patch_size, self.opts.norm_pix_loss, self.mean, self.std)
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
         online, target = self.prepare(batch)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
-from cmim.data.augment import random_hflip
+from cmim.data.augment import random_hflip, to_unit
 from cmim.data.views import ViewSpec
 from cmim.losses.reconstruction import masked_mse, norm_pix
 from cmim.methods.common import Method, options_from
+from cmim.methods.visualize import compose
 from cmim.models.decoder import MaskedDecoder
 from cmim.models.masking import random_masking
 from cmim.models.patches import patchify
@@ -62,6 +64,14 @@ class MAE(Method):
         if self.opts.norm_pix_loss:
             target = norm_pix(target)
         return masked_mse(pred, target, mask)
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor) -> dict[str, Tensor]:
+        """uint8 [N, 3, S, S] -> input / masked / reconstruction images (cmim.methods.visualize)."""
+        imgs = self.normalize(to_unit(images))
+        latent, mask, ids_restore = self.forward_encoder(imgs)
+        return compose(imgs, self.forward_decoder(latent, ids_restore), mask, self.patch_size,
+                       self.opts.norm_pix_loss, self.mean, self.std)
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
         imgs = self.prepare(batch)

@@ -65,6 +65,32 @@ class PretrainTask(TrainTask):
     def export(self, ctx: Context, step: int) -> None:
         ckpt.export_encoder(ctx.files.checkpoint, self.model.encoder, self.run["encoder"],
                             **self.meta(self.run["epochs"], step))
+        write_reconstructions(self.model, self.manifest_path, ctx.files.reconstructions, self.run, ctx.env.device)
+
+
+RECONSTRUCTION_IMAGES = 8
+
+
+@torch.no_grad()
+def write_reconstructions(method, manifest_path: Path, path: Path, run: dict, device) -> None:
+    """A few train images through the method's decoder (MAE, CAN, CMAE) for the report's figure; an
+    empty record for methods without a pixel decoder. Seeded: the same masks every time."""
+    from cmim.data.loader import eval_loader
+    from cmim.data.views import eval_view
+
+    record = {"run": run["run"], "method": run["method"], "images": None}
+    if hasattr(method, "reconstruct"):
+        batch = next(iter(eval_loader(manifest_path, eval_view(method.image_size, 1.0),
+                                      batch_size=RECONSTRUCTION_IMAGES, max_samples=RECONSTRUCTION_IMAGES)))
+        was_training = method.training
+        method.eval()
+        torch.manual_seed(run["seed"])
+        try:
+            out = method.reconstruct(batch["images"].to(device))
+        finally:
+            method.train(was_training)
+        record.update(images={k: v.cpu() for k, v in out.items()})
+    io.torch_save(record, path)
 
 
 def ckpt_hash(run: dict) -> str:
@@ -88,6 +114,7 @@ def write_baseline(run: dict, files, log=print) -> dict:
     else:
         ckpt.export_encoder(files.checkpoint, encoder, run["encoder"], **meta)
     io.write_text(files.metrics, "")
+    io.torch_save({"run": run["run"], "method": run["method"], "images": None}, files.reconstructions)
     summary = {"task": "pretrain", "run": run["run"], "method": run["method"], "epochs": 0, "steps": 0,
                "images_seen": 0, "wall_time_s": 0.0, "config_hash": ckpt_hash(run)}
     io.write_json(files.summary, summary)

@@ -204,10 +204,22 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.task.after_step(progress_frac)
 
-    # ------------------------------------------------------------------ the loop
-    def fit(self) -> dict:
+    # ------------------------------------------------------------------ for benchmarks
+    def prepare(self) -> Plan:
+        """The plan, model wrapping (DDP, compile) and optimiser: what fit() does before its first step."""
         plan = Plan.of(self.opts, self.task.num_train_samples(), self.env.world_size)
         self._build(plan)
+        return plan
+
+    def train_step(self, batches, step: int, plan: Plan) -> dict[str, torch.Tensor]:
+        """Exactly the step fit() takes (forward, backward, AdamW, the task's after_step), for timing."""
+        sums, _, _ = self._step(batches, step, plan, count_flops=False)
+        self._apply((step + 1) / plan.total_steps)
+        return sums
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict:
+        plan = self.prepare()
         lock = run_lock(self.files.root) if self.env.is_main else contextlib.nullcontext()
         with lock:
             return self._fit(plan)
