@@ -40,11 +40,13 @@ except ConfigError as e:
 # tracked param: a new partition, time limit, launcher or worker count never retrains anything.
 # Job logs keep a traceback under the one-line error message.
 os.environ["CMIM_LAUNCH"] = W.launch_env(CFG)
+os.environ["CMIM_VERIFY_SHARDS"] = W.verify_env(CFG)
 os.environ["CMIM_TRACEBACK"] = "1"
 
 
 envvars:
     "CMIM_LAUNCH",
+    "CMIM_VERIFY_SHARDS",
     "CMIM_TRACEBACK",
 
 

@@ -123,15 +123,29 @@ def test_a_typo_fails_fast_naming_the_key(tmp_path, tool):
     assert elapsed < 5, f"{tool} took {elapsed:.1f}s to reject a typo"
 
 
-def test_exponent_floats_are_numbers_and_text_exponents_get_a_hint(tmp_path):
+def test_exponent_floats_are_numbers_in_the_cli_and_in_the_snakefile(tmp_path):
     path = tmp_path / "c.yaml"
     raw = demo()
     raw["run_defaults"]["base_lr"] = 0.001
-    path.write_text(yaml.safe_dump(raw).replace("base_lr: 0.001", "base_lr: 1e-3"))
-    assert "base_lr: 1e-3" in path.read_text()
-    assert C.resolve_run(C.load_config([path]), "mae")["base_lr"] == 1e-3
-    raw["run_defaults"]["base_lr"] = "1e-3"  # what Snakemake's own YAML loader hands over
-    assert "write it with a dot" in errors_of(raw)
+    path.write_text(yaml.safe_dump(raw).replace("base_lr: 0.001", "base_lr: 4e-3"))
+    assert "base_lr: 4e-3" in path.read_text()
+    assert C.resolve_run(C.load_config([path]), "mae")["base_lr"] == 4e-3
+    for text in ("4e-3", "1.0e6", "1E5"):  # what Snakemake's YAML 1.1 loader hands over: text
+        raw["run_defaults"]["base_lr"] = text
+        assert C.resolve_run(C.validate(raw), "mae")["base_lr"] == float(text)
+
+
+def test_nested_command_line_overrides_are_read_against_the_schema():
+    """snakemake --config 'launch={"timeout_min":600}' hands the values over as text."""
+    raw = demo()
+    raw["launch"] = {"timeout_min": "600", "gpus_per_node": "0", "num_workers": "auto", "partition": "600"}
+    cfg = C.validate(raw)
+    assert cfg["launch"]["timeout_min"] == 600 and cfg["launch"]["gpus_per_node"] == 0
+    assert cfg["launch"]["num_workers"] == "auto" and cfg["launch"]["partition"] == "600"  # text stays text
+    raw["launch"] = {"timeout_min": "ten"}
+    assert "launch.timeout_min: expected integer, got str 'ten'" in errors_of(raw)
+    raw["launch"] = {"timeout_min": "1.5"}
+    assert "launch.timeout_min: expected integer" in errors_of(raw)
 
 
 def test_the_readme_examples_are_valid_configs(tmp_path):

@@ -65,6 +65,17 @@ def _num_workers(args) -> int:
     return default_num_workers(launch_block(getattr(args, "launch", None)))
 
 
+def _cpu_job(args, manifests=()) -> None:
+    """An evaluation that runs here: its thread count from the launch block, its shards verified."""
+    import torch
+
+    from cmim.launch import cpu_threads, verify_manifests
+
+    if not torch.cuda.is_available():
+        torch.set_num_threads(cpu_threads(launch_block(getattr(args, "launch", None))["cpus_per_task"]))
+    verify_manifests([m for m in manifests if m], log=log)
+
+
 # ----------------------------------------------------------------------------- config and data
 
 
@@ -183,6 +194,27 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def cmd_dense(args) -> int:
+    """ADE20K segmentation (UperNet) or COCO detection (Mask R-CNN): a training job like pretraining."""
+    from cmim.launch import launch_job
+    from cmim.train.checkpoint import file_sha256, read_encoder_checkpoint
+
+    run = _read_run(args.run_config)
+    read_encoder_checkpoint(Path(args.checkpoint))
+    kind = {"ade20k": "segmentation", "coco": "detection"}[args.task]
+    job = {"task": kind, "run_config": args.run_config, "checkpoint": args.checkpoint,
+           "checkpoint_sha256": file_sha256(Path(args.checkpoint)), "train_manifest": args.train_manifest,
+           "val_manifest": args.val_manifest, "options": _json(args.options), "data": _json(args.data),
+           "result": args.result, "examples": args.examples}
+    if args.task == "coco":
+        if not args.gt_json or not Path(args.gt_json).exists():
+            raise FileNotFoundError(f"the COCO val annotations {args.gt_json} are missing: AP is scored against the "
+                                    f"real instances json; check datasets.<name>.root")
+        job["gt_json"] = args.gt_json
+    launch_job(job, Path(args.out_dir), launch_block(args.launch), f"{run['run']}-{args.task}", log=log)
+    return 0
+
+
 # ----------------------------------------------------------------------------- frozen evaluations
 
 
@@ -214,6 +246,7 @@ def cmd_features(args) -> int:
 
     run = _read_run(args.run_config)
     data, opts = _json(args.data), _json(args.options)
+    _cpu_job(args, [args.train_manifest, args.val_manifest])
     classes = _labelled_classes(args.train_manifest)
     extractor, ckpt = _frozen_extractor(run, Path(args.checkpoint))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -270,6 +303,7 @@ def cmd_linear_probe(args) -> int:
     run = _read_run(args.run_config)
     opts = ProbeOptions.from_config(_json(args.options))
     data = _json(args.data)
+    _cpu_job(args, [args.train_manifest, args.val_manifest] if opts.features != "cached" else [])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
     if opts.features == "cached":
@@ -392,6 +426,17 @@ def build_parser() -> argparse.ArgumentParser:
     launch_arg(s)
     s.set_defaults(fn=cmd_finetune)
 
+    s = sub.add_parser("dense", help="ADE20K segmentation (UperNet) or COCO detection (Mask R-CNN) of a run's encoder")
+    s.add_argument("--task", required=True, choices=["ade20k", "coco"])
+    for a in ("--run-config", "--checkpoint", "--train-manifest", "--val-manifest", "--out-dir", "--result",
+              "--examples"):
+        s.add_argument(a, required=True)
+    s.add_argument("--gt-json", help="coco: the val split's instances json (AP is scored against it)")
+    s.add_argument("--options", required=True, help="JSON of evaluations.<task> (this run's protocol)")
+    s.add_argument("--data", required=True, help="JSON: dataset, mean, std, image_size, eval_crop_pct")
+    launch_arg(s)
+    s.set_defaults(fn=cmd_dense)
+
     s = sub.add_parser("features", help="frozen centre-view features of a checkpoint on a train and a val split")
     for a in ("--run-config", "--checkpoint", "--train-manifest", "--val-manifest", "--out"):
         s.add_argument(a, required=True)
@@ -426,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-csv")
     s.add_argument("--task", help="eval-table: the task whose results these are")
     s.set_defaults(fn=cmd_report)
+
+    # --- bench / plan subcommands (cmim.bench, cmim.plan) ---
+    # --- end bench / plan ---
     return p
 
 

@@ -200,18 +200,75 @@ def _explain(error: jsonschema.ValidationError, root: dict) -> list[str]:
         did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
         return [f"{where}: {error.instance!r} is not allowed{did_you_mean}; choose one of {options}"]
     if error.validator == "type":
-        hint = ""
-        if isinstance(error.instance, str) and re.fullmatch(r"[-+]?[\d.]+[eE][-+]?\d+", error.instance):
-            hint = f" (YAML 1.1 reads {error.instance} as text: write it with a dot, e.g. 1.0e-3)"
         return [f"{where}: expected {error.validator_value}, got {type(error.instance).__name__} "
-                f"{error.instance!r}{hint}"]
+                f"{error.instance!r}"]
     return [f"{where}: {error.message}"]
+
+
+def _types(node: dict, root: dict) -> set[str]:
+    """The JSON types a schema node admits (following $ref, oneOf/anyOf; const/enum by their values)."""
+    node = _resolve(node, root)
+    out: set[str] = set()
+    kind = node.get("type")
+    out.update([kind] if isinstance(kind, str) else kind or [])
+    for key in ("oneOf", "anyOf"):
+        for alt in node.get(key, []):
+            out |= _types(alt, root)
+    for value in ([node["const"]] if "const" in node else []) + list(node.get("enum", [])):
+        out.add({str: "string", bool: "boolean", int: "integer", float: "number"}.get(type(value), "other"))
+    return out
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    return {str: "string", dict: "object", list: "array", type(None): "null"}.get(type(value), "other")
+
+
+def coerce(instance: Any, node: dict, root: dict) -> Any:
+    """Text where the schema wants a number, boolean, null, list or mapping, read as YAML 1.2.
+
+    Why: Snakemake hands a nested `--config 'launch={"timeout_min": 600}'` over as text ('600'), and its
+    YAML 1.1 loader reads 4e-3 as text, while `python -m cmim` reads the same file as numbers; both go
+    through this, so the Snakefile and the CLI accept exactly the same configs. Text the schema admits
+    as text (names, paths, enum values) is never touched.
+    """
+    node = _resolve(node, root)
+    if isinstance(instance, str):
+        allowed = _types(node, root)
+        if not allowed or "string" in allowed:
+            return instance
+        try:
+            value = yaml_load(instance)
+        except yaml.YAMLError:
+            return instance
+        kind = _json_type(value)
+        if kind == "number" and "integer" in allowed and "number" not in allowed and float(value).is_integer():
+            value, kind = int(value), "integer"
+        ok = kind in allowed or (kind == "integer" and "number" in allowed)
+        return coerce(value, node, root) if ok else instance
+    if isinstance(instance, dict):
+        props = node.get("properties", {})
+        extra = node.get("additionalProperties")
+        out = {}
+        for key, value in instance.items():
+            sub = props.get(key, extra if isinstance(extra, dict) else None)
+            out[key] = coerce(value, sub, root) if sub is not None else value
+        return out
+    if isinstance(instance, list) and isinstance(node.get("items"), dict):
+        return [coerce(v, node["items"], root) for v in instance]
+    return instance
 
 
 def validate(raw: dict, source: str = "config") -> dict:
     """Schema check (all problems at once), then defaults, then cross-key checks. Returns a new dict."""
     root = schema()
     raw = {k: v for k, v in raw.items() if k != "run_groups"}  # recomputed below (a config validated twice)
+    raw = coerce(raw, root, root)
     validator = jsonschema.Draft202012Validator(root)
     errors = sorted(validator.iter_errors(raw), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
@@ -359,6 +416,18 @@ def evaluated_runs(config: dict, task: str) -> list[str]:
     return runs
 
 
+DENSE_FORMATS = {"ade20k": ("ade20k", "demo-ade20k"), "coco": ("coco", "demo-coco")}
+
+
+def dense_dataset(config: dict, task: str) -> str | None:
+    """The dataset of a dense task: evaluations.<task>.dataset, else the study's one dataset of that format."""
+    spec = config["evaluations"].get(task, {})
+    if spec.get("dataset"):
+        return spec["dataset"]
+    found = [n for n, ds in config["datasets"].items() if ds["format"] in DENSE_FORMATS[task]]
+    return found[0] if len(found) == 1 else None
+
+
 def eval_options(config: dict, task: str, run_id: str) -> dict:
     """The protocol of one task for one run: the task's block with that run's `per_run` keys on top
     (without the selection keys `runs` / `per_run`)."""
@@ -405,6 +474,15 @@ def _check_task(config: dict, task: str, spec: dict) -> list[str]:
                                 f"{task.replace('_', ' ')}; remove it from the list")
     if spec.get("dataset") is not None and spec["dataset"] not in config["datasets"]:
         problems.append(f"{where}.dataset: unknown dataset '{spec['dataset']}'; datasets: {sorted(config['datasets'])}")
+    elif task in DENSE_TASKS:
+        name = dense_dataset(config, task)
+        formats = " or ".join(DENSE_FORMATS[task])
+        if name is None:
+            problems.append(f"{where}.dataset: name the {formats} dataset to evaluate on (the study has "
+                            f"{'none' if spec.get('dataset') is None else 'several'} of that format)")
+        elif config["datasets"][name]["format"] not in DENSE_FORMATS[task]:
+            problems.append(f"{where}.dataset: '{name}' is a {config['datasets'][name]['format']} dataset; "
+                            f"{task} needs {formats}")
     root = schema()
     task_schema = _resolve(root["$defs"][task], root)
     for run_id, own in spec.get("per_run", {}).items():

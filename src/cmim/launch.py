@@ -36,6 +36,37 @@ def default_num_workers(launch: dict, available: int | None = None) -> int:
     return max(0, min(8, per_task - 1))
 
 
+VERIFY_ENV = "CMIM_VERIFY_SHARDS"
+
+
+def verify_policy() -> dict[str, bool]:
+    """dataset -> check its shards' sha256 before a job reads them (datasets.<d>.verify_shards), as the
+    Snakefile exports it; a dataset it does not name is verified."""
+    import json
+
+    raw = os.environ.get(VERIFY_ENV)
+    return json.loads(raw) if raw else {}
+
+
+def verify_manifests(manifests, log=print) -> None:
+    """Hash every shard of each manifest (once per job, before training) unless its dataset opts out."""
+    from cmim.data.loader import read_manifest, verify_shards
+
+    policy = verify_policy()
+    for path in dict.fromkeys(str(m) for m in manifests):
+        dataset = read_manifest(path).get("dataset")
+        if policy.get(dataset, True):
+            verify_shards(path, log=log)
+
+
+def cpu_threads(cpus_per_task: int | None, local_world_size: int = 1) -> int:
+    """Intra-op threads of a CPU job: the cores it was given (shared by its local ranks), never more
+    than the process may use (PyTorch would otherwise start one per core of the machine)."""
+    available = len(os.sched_getaffinity(0))
+    cores = min(available, cpus_per_task or available)
+    return max(1, cores // max(1, local_world_size) if cpus_per_task is None else cores)
+
+
 class TrainJob:
     """A checkpointable training job: submitit calls `checkpoint()` on preemption and requeues it."""
 
@@ -47,12 +78,20 @@ class TrainJob:
         from cmim.train import distributed
         from cmim.train.engine import Trainer
 
+        import torch
+
         job = yaml.safe_load(Path(self.job_file).read_text())
         env = distributed.setup(use_cuda=None)
+        log = lambda m: print(m, flush=True)
         try:
+            if env.device.type == "cpu":
+                torch.set_num_threads(cpu_threads(job.get("cpus_per_task"), env.local_world_size))
             task = build_task(job)
+            if env.is_main:
+                verify_manifests(task.manifests(), log=log)
+            distributed.barrier(env)
             return Trainer(task, RunFiles(Path(job["out_dir"])), env, num_workers=job.get("num_workers", 0),
-                           log=lambda m: print(m, flush=True)).fit()
+                           log=log).fit()
         finally:
             distributed.teardown()
 
@@ -151,7 +190,7 @@ def wait_for(job: submitit.Job, name: str, log=print) -> dict:
 
 def launch_job(job: dict, out_dir: Path, launch: dict, name: str, log=print) -> dict:
     """Write the job file, run the job on the configured launcher and wait for it."""
-    job = {**job, "num_workers": default_num_workers(launch)}
+    job = {**job, "num_workers": default_num_workers(launch), "cpus_per_task": launch["cpus_per_task"]}
     job_file = write_job(Path(out_dir), job)
     if launch["launcher"] == "inprocess":
         # The same callable, called here. Not through submitit's debug executor: that one opens
@@ -169,7 +208,8 @@ def pretrain_job(run_config: Path, manifest: Path) -> dict:
 
 def submit_pretrain(run_config: Path, manifest: Path, out_dir: Path, launch: dict, run_id: str,
                     log=print) -> submitit.Job:
-    job = {**pretrain_job(run_config, manifest), "num_workers": default_num_workers(launch)}
+    job = {**pretrain_job(run_config, manifest), "num_workers": default_num_workers(launch),
+           "cpus_per_task": launch["cpus_per_task"]}
     return submit_job(write_job(Path(out_dir), job), launch, run_id, log)
 
 

@@ -96,6 +96,11 @@ def eval_result(run: str, task: str) -> Path:
     return RESULTS / "eval" / run / f"{task}.json"
 
 
+def eval_examples(run: str, task: str) -> Path:
+    """A dense task's prediction images (image | ground truth | prediction) for the report."""
+    return RESULTS / "eval" / run / f"{task}_examples.png"
+
+
 def eval_job_files(run: str, task: str) -> RunFiles:
     """The training folder of a trained evaluation (resume states, metrics, summary, final model)."""
     return RunFiles(RESULTS / "eval" / run / task)

@@ -10,7 +10,7 @@ import json
 import re
 
 from cmim import paths
-from cmim.config import BASELINE_METHODS, eval_options, evaluated_runs, resolve_run, validate
+from cmim.config import BASELINE_METHODS, DENSE_TASKS, dense_dataset, eval_options, evaluated_runs, resolve_run, validate
 
 READER_FORMAT = {"demo-ade20k": "ade20k", "demo-coco": "coco"}  # demo trees are read as the real thing
 DEMO_TREE = {"demo-ade20k": "ADEChallengeData2016", "demo-coco": "coco"}  # cmim.data.scenes.tree_root
@@ -149,10 +149,18 @@ def launch_env(cfg: dict) -> str:
     return _json(cfg["launch"])
 
 
+def verify_env(cfg: dict) -> str:
+    """dataset -> verify its shards' sha256 before a job reads them (CMIM_VERIFY_SHARDS): a safety
+    check, not part of any result, so switching it never reruns anything either."""
+    return _json({name: ds.get("verify_shards", True) for name, ds in cfg["datasets"].items()})
+
+
 # ----------------------------------------------------------------------------- evaluations
 
 
 def eval_dataset(cfg: dict, task: str, run: str) -> str:
+    if task in DENSE_TASKS:
+        return dense_dataset(cfg, task)
     spec = cfg["evaluations"][task]
     return spec.get("dataset") or resolve_run(cfg, run)["dataset"]
 
@@ -229,6 +237,18 @@ def train_eval_inputs(cfg: dict, task: str, run: str) -> dict[str, str]:
             "train": str(paths.manifest(ds, "train")), "val": str(paths.manifest(ds, "val"))}
 
 
+def coco_val_json(cfg: dict, run: str) -> str:
+    """The real instances_<val split>.json AP is scored against (in the generated tree for demo-coco):
+    a source the val shards were built from, so a param, not a tracked input."""
+    dataset = eval_dataset(cfg, "coco", run)
+    split = splits(cfg, dataset)["val"]
+    return f"{source_root(cfg, dataset)}/annotations/instances_{split}.json"
+
+
+def dense_data(cfg: dict, task: str, run: str) -> str:
+    return data_json(cfg, eval_dataset(cfg, task, run))
+
+
 def trained_eval_is_local_rule(cfg: dict) -> bool:
     return pretrain_is_local_rule(cfg)
 
@@ -274,7 +294,7 @@ def loss_curve_inputs(cfg: dict) -> list[str]:
     return [str(paths.run_files(r).metrics) for r in runs]
 
 
-EVAL_TABLES = ("knn", "finetune", "partial_finetune")
+EVAL_TABLES = ("knn", "finetune", "partial_finetune", "ade20k", "coco")
 
 
 def all_targets(cfg: dict) -> list[str]:
@@ -286,6 +306,9 @@ def all_targets(cfg: dict) -> list[str]:
     for task in EVAL_TABLES:
         if task in evaluations and evaluated_runs(cfg, task):
             targets += [str(paths.table(task, "md")), str(paths.table(task, "csv"))]
+    for task in DENSE_TASKS:
+        if task in evaluations:
+            targets += [str(paths.eval_examples(r, task)) for r in evaluated_runs(cfg, task)]
     if epochs_figure_inputs(cfg):
         targets.append(str(paths.figure("accuracy_vs_epochs")))
     if "partial_finetune" in evaluations and evaluated_runs(cfg, "partial_finetune"):

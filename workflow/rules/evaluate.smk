@@ -131,3 +131,52 @@ use rule finetune as partial_finetune with:
         blocks=lambda w: f"--blocks {w.k}",
     log:
         "results/logs/partial_finetune/{run}-k{k}.log",
+
+
+if W.trained_eval_is_local_rule(CFG):
+
+    localrules:
+        ade20k,
+        coco,
+
+
+rule ade20k:
+    input:
+        unpack(lambda w: W.train_eval_inputs(CFG, "ade20k", w.run)),
+    output:
+        result="results/eval/{run}/ade20k.json",
+        examples="results/eval/{run}/ade20k_examples.png",
+    params:
+        options=lambda w: W.task_options(CFG, "ade20k", w.run),
+        data=lambda w: W.dense_data(CFG, "ade20k", w.run),
+        out_dir=lambda w: f"results/eval/{w.run}/ade20k",
+        task="ade20k",
+        gt="",
+    threads: W.pretrain_threads(CFG)
+    resources:
+        **W.pretrain_resources(CFG),
+    log:
+        "results/logs/ade20k/{run}.log",
+    conda:
+        "../../envs/cmim.yaml"
+    shell:
+        "python -m cmim dense --task {params.task} --run-config {input.run_config} --checkpoint {input.checkpoint} "
+        "--train-manifest {input.train} --val-manifest {input.val} --options {params.options:q} "
+        "--data {params.data:q} --out-dir {params.out_dir} --result {output.result} --examples {output.examples} "
+        "{params.gt} > {log} 2>&1"
+
+
+use rule ade20k as coco with:
+    input:
+        unpack(lambda w: W.train_eval_inputs(CFG, "coco", w.run)),
+    output:
+        result="results/eval/{run}/coco.json",
+        examples="results/eval/{run}/coco_examples.png",
+    params:
+        options=lambda w: W.task_options(CFG, "coco", w.run),
+        data=lambda w: W.dense_data(CFG, "coco", w.run),
+        out_dir=lambda w: f"results/eval/{w.run}/coco",
+        task="coco",
+        gt=lambda w: f"--gt-json {W.coco_val_json(CFG, w.run)}",
+    log:
+        "results/logs/coco/{run}.log",

@@ -6,6 +6,8 @@ localrules:
     knn_table,
     finetune_table,
     partial_finetune_table,
+    ade20k_table,
+    coco_table,
     loss_figure,
     epochs_figure,
     partial_figure,
@@ -64,6 +66,30 @@ use rule knn_table as partial_finetune_table with:
         task="partial_finetune",
     log:
         "results/logs/report/partial_finetune.log",
+
+
+use rule knn_table as ade20k_table with:
+    input:
+        W.task_results(CFG, "ade20k") if "ade20k" in CFG["evaluations"] else [],
+    output:
+        md=report("results/tables/ade20k.md", caption="../report/ade20k.rst", category="Tables"),
+        csv="results/tables/ade20k.csv",
+    params:
+        task="ade20k",
+    log:
+        "results/logs/report/ade20k.log",
+
+
+use rule knn_table as coco_table with:
+    input:
+        W.task_results(CFG, "coco") if "coco" in CFG["evaluations"] else [],
+    output:
+        md=report("results/tables/coco.md", caption="../report/coco.rst", category="Tables"),
+        csv="results/tables/coco.csv",
+    params:
+        task="coco",
+    log:
+        "results/logs/report/coco.log",
 
 
 rule loss_figure:

@@ -6,9 +6,10 @@ on the device), but MAE's finetuning recipe applies timm's RandAugment, a PIL tr
 normalised batch and run on the device (cmim.tasks.finetune).
 
 Every random choice comes from the worker's generator seeded by (seed, epoch, rank, worker), as in
-cmim.data.loader; timm's RandAugment draws from Python's global `random`, so each image's
-augmentation runs under a seed taken from that generator and the global state is put back after:
-the stream is a pure function of its seeds, which a resumed job relies on.
+cmim.data.loader; timm's RandAugment draws from the global generators of Python (`random`: op
+probabilities, magnitudes) and numpy (`np.random.choice`: which ops), so each image's augmentation
+runs under seeds taken from that generator and both global states are put back after: the stream is
+a pure function of its seeds, which a resumed job relies on.
 """
 
 from __future__ import annotations
@@ -56,13 +57,15 @@ def rand_augment(config: str | None, image_size: int, mean) -> object | None:
 
 
 def _seeded(fn, image: Image.Image, seed: int) -> Image.Image:
-    """fn(image) with Python's global random seeded, the caller's global state restored after."""
-    saved = random.getstate()
+    """fn(image) with Python's and numpy's global generators seeded, the caller's states restored after."""
+    saved, saved_np = random.getstate(), np.random.get_state()
     random.seed(seed)
+    np.random.seed(seed % 2**32)
     try:
         return fn(image)
     finally:
         random.setstate(saved)
+        np.random.set_state(saved_np)
 
 
 def finetune_view(image: Image.Image, view: ViewSpec, hflip_prob: float, augment, rng: np.random.Generator) -> torch.Tensor:

@@ -54,6 +54,18 @@ def eval_rows(task: str, paths: list[Path]) -> pd.DataFrame:
         p, m = r["protocol"], r["metrics"]
         row = {"run": r["run"], "method": r["method"], "encoder": encoder_label(r.get("encoder")),
                "pretrain epochs": r["pretrain_epochs"]}
+        if task in ("ade20k", "coco"):
+            row.update({"iters": p.get("iters"), "batch": p.get("batch_size"), "lr": p.get("lr"),
+                        "layer decay": p.get("layer_decay")})
+            keys = ("mIoU", "mAcc", "aAcc") if task == "ade20k" else \
+                ("bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP", "segm_AP50", "segm_AP75")
+            row.update({k: _pct(m.get(k)) for k in keys})
+            if "training" in r:
+                row["img/s"] = round(r["training"]["img_per_s"], 1)
+            row.update({"train": r["dataset"]["train_samples"], "val": r["dataset"]["val_samples"],
+                        "dataset": r["dataset"]["name"]})
+            rows.append(row)
+            continue
         if task == "knn":
             row.update({"feature": r["feature"], "k": p["k"], "T": p["temperature"]})
         else:
@@ -76,6 +88,8 @@ TITLES = {
     "knn": "Weighted kNN on frozen features (top-1 / top-5 %, val split)",
     "finetune": "End-to-end finetuning (top-1 / top-5 % of the last epoch, val split)",
     "partial_finetune": "Partial finetuning of the last k blocks (top-1 / top-5 %, val split)",
+    "ade20k": "ADE20K-layout semantic segmentation, UperNet (mIoU / mAcc / aAcc %, val split)",
+    "coco": "COCO-layout detection and instance segmentation, Mask R-CNN (box / mask AP %, val split)",
 }
 
 

@@ -239,6 +239,9 @@ class FinetuneTask(TrainTask):
     def summary_fields(self) -> dict:
         return {"run": self.run["run"], "method": self.run["method"], "evaluation": self.task_name}
 
+    def manifests(self) -> list:
+        return [self.train_manifest_path, self.val_manifest_path]
+
     def num_train_samples(self) -> int:
         return self.train_manifest["num_samples"]
 

@@ -41,6 +41,9 @@ class PretrainTask(TrainTask):
     def summary_fields(self) -> dict:
         return {"run": self.run["run"], "method": self.run["method"]}
 
+    def manifests(self) -> list:
+        return [self.manifest_path]
+
     def num_train_samples(self) -> int:
         return self.manifest["num_samples"]
 

@@ -35,6 +35,9 @@ from cmim.train.signals import StopFlags
 from cmim.train.task import Context, Plan, TrainTask
 
 
+INPUT_BOUND = 0.25   # a logging window that waits this share of its time on the loader is input-bound
+
+
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN/inf; the last good checkpoint is left intact."""
 
@@ -140,6 +143,8 @@ class Trainer:
         self.hash = config_hash(task.identity())
         self.amp = autocast_dtype(self.opts.precision, env.device)
         self.ctx = Context(env=env, files=files, num_workers=num_workers, log=log, amp=self.amp)
+        self.data_wait = 0.0                  # seconds spent waiting for the loader (input-bound warning)
+        self._warned_input_bound = False
         task.model.to(env.device)
 
     # ------------------------------------------------------------------ setup
@@ -179,7 +184,10 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         counted = None
         for micro in range(accum):
-            batch = self.task.to_device(next(batches), self.env.device)
+            waited = time.perf_counter()
+            batch = next(batches)
+            self.data_wait += time.perf_counter() - waited
+            batch = self.task.to_device(batch, self.env.device)
             seed_everything(step_seed(self.opts.seed, step, micro, self.env.rank))
             sync = micro == accum - 1 or self.env.world_size == 1
             no_sync = contextlib.nullcontext() if sync else self.model.no_sync()
@@ -328,14 +336,21 @@ class Trainer:
 
     def _log_progress(self, window: progress.Meter, step, epoch, lr, plan: Plan, meter: progress.RunMeter) -> None:
         terms = distributed.all_reduce_mean(window.means(), self.env)
+        waiting = min(1.0, self.data_wait / max(1e-9, window.elapsed()))
+        self.data_wait = 0.0
         if not self.env.is_main:
             return
         img_s = window.rate()
+        if waiting > INPUT_BOUND and not self._warned_input_bound:
+            self._warned_input_bound = True
+            self.log(f"[{self.task.describe()}] warning: input-bound: {waiting:.0%} of the last {self.opts.log_every_steps} "
+                     f"steps waited for the data loader ({self.ctx.num_workers} worker(s)); raise launch.num_workers, "
+                     f"give the job more cpus_per_task, or pre-resize the shards (datasets.<d>.resize_short_side)")
         eta = (plan.total_steps - step) * self.opts.batch_size / max(meter.session_rate(), 1e-9)
         self.log(progress.progress_line(self.task.describe(), epoch, plan.epochs, step, plan.total_steps, terms, lr,
                                         img_s, eta))
         progress.append_jsonl(self.files.resume_metrics, {"step": step, "epoch": epoch + 1, "lr": lr,
-                                                          "img_per_s": img_s, **terms})
+                                                          "img_per_s": img_s, "data_wait": round(waiting, 4), **terms})
 
     def _summary(self, plan: Plan, step: int, meter: progress.RunMeter, resumed_from) -> dict:
         env, opts = self.env, self.opts

@@ -35,6 +35,9 @@ class Meter:
     def rate(self) -> float:
         return self.images / max(1e-9, time.perf_counter() - self.started)
 
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
 
 class RunMeter:
     """Throughput of a whole job across its sessions: a resumed job continues the counts its resume

@@ -119,6 +119,10 @@ class TrainTask(abc.ABC):
         """Everything that decides the result (hashed): a resume state saved under another identity
         is moved aside instead of resumed. Never include where or how fast it runs."""
 
+    def manifests(self) -> list:
+        """The shard manifests the job reads (their shards are verified once before training)."""
+        return []
+
     @abc.abstractmethod
     def num_train_samples(self) -> int:
         """Size of the train split (the default epoch length)."""
