@@ -40,3 +40,24 @@ def demo_coco_gt(tmp_path_factory):
     root = tmp_path_factory.mktemp("coco_gt")
     scenes.generate(root, "coco", n_train=1, n_val=6, size=64, seed=0, log=lambda m: None)
     return scenes.tree_root(root, "coco") / "annotations" / "instances_val2017.json"
+
+
+DENSE_ENCODER = {"depth": 2, "embed_dim": 32, "num_heads": 2, "patch_size": 8}   # pretrained at 32 px, run at 64
+
+
+@pytest.fixture(scope="session")
+def dense_encoder(tmp_path_factory) -> dict:
+    """A random-init encoder export of the tiny dense shape and its resolved run:
+    {"run": dict, "config": run config path, "checkpoint": checkpoint.pt path}."""
+    import yaml
+
+    from cmim.paths import RunFiles
+    from cmim.tasks.pretrain import write_baseline
+    from tiny import tiny_run
+
+    root = tmp_path_factory.mktemp("dense_encoder")
+    run = tiny_run("random_init", **DENSE_ENCODER)
+    files = RunFiles(root / "random_init")
+    write_baseline(run, files, log=lambda m: None)
+    (root / "config.yaml").write_text(yaml.safe_dump(run))
+    return {"run": run, "config": root / "config.yaml", "checkpoint": files.checkpoint}

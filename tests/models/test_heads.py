@@ -21,7 +21,8 @@ def test_shapes_and_layers():
     assert _layers(proj) == ["Linear", "BatchNorm1d", "ReLU", "Linear"] and proj[3].bias is None
     assert proj[1].eps == 1e-6
     pred = cmae_predictor(16, 64)
-    assert pred(proj(x)).shape == (6, 16) and pred[3].bias is not None
+    assert _layers(pred) == ["Linear", "BatchNorm1d", "ReLU", "Linear"] and pred[0].bias is not None
+    assert pred(proj(x)).shape == (6, 16) and pred[3].bias is None   # the authors' with_last_bias=False
 
 
 def test_sigma_embedding():

@@ -15,7 +15,8 @@ image, nearest label) -> random 512 crop, redrawn up to 10 times while one class
 the crop's labelled pixels (cat_max_ratio 0.75; the 10th redraw is kept unchecked, as mmseg) ->
 horizontal flip p 0.5 -> PhotoMetricDistortion on uint8 (each p 0.5: brightness +-32, contrast
 x U(0.5, 1.5) first or last, saturation x U(0.5, 1.5), hue shift in [-18, 18) of OpenCV's 180) -> pad to the
-crop bottom/right, image 0, label 255.
+crop bottom/right, label 255, image `pad_value` (mmseg normalises before it pads with 0, so its
+padding is the mean colour: the segmentation task passes the dataset mean in uint8).
 Segmentation eval: the image resized with the same rule at ratio 1 (short side 512, long side at
 most 2048); the original label is returned, predictions are resized back to it for scoring.
 
@@ -83,6 +84,7 @@ class SegAugment:
     flip_prob: float = 0.5
     photometric: bool = True
     reduce_zero_label: bool = True                # ADE20K: 0 "other" -> ignore, v -> v - 1
+    pad_value: tuple[int, int, int] = (0, 0, 0)   # image padding (uint8); the task passes the mean colour
 
 
 @dataclass(frozen=True)
@@ -290,12 +292,16 @@ def photometric_distortion(image: np.ndarray, rng: np.random.Generator) -> np.nd
     return image
 
 
-def pad_to(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Bottom/right padding to size x size: image 0, label 255."""
+def pad_to(image: np.ndarray, label: np.ndarray, size: int,
+           value: tuple[int, int, int] = (0, 0, 0)) -> tuple[np.ndarray, np.ndarray]:
+    """Bottom/right padding to size x size: image `value`, label 255."""
     ph, pw = size - image.shape[0], size - image.shape[1]
     if ph <= 0 and pw <= 0:
         return image, label
-    image = np.pad(image, ((0, max(ph, 0)), (0, max(pw, 0)), (0, 0)))
+    padded = np.empty((max(size, image.shape[0]), max(size, image.shape[1]), 3), np.uint8)
+    padded[:] = np.asarray(value, np.uint8)
+    padded[:image.shape[0], :image.shape[1]] = image
+    image = padded
     label = np.pad(label, ((0, max(ph, 0)), (0, max(pw, 0))), constant_values=IGNORE_INDEX)
     return image, label
 
@@ -309,7 +315,7 @@ def segmentation_train_transform(image: np.ndarray, label: np.ndarray, aug: SegA
         image, label = image[:, ::-1], label[:, ::-1]
     if aug.photometric:
         image = photometric_distortion(np.ascontiguousarray(image), rng)
-    image, label = pad_to(image, label, aug.crop_size)
+    image, label = pad_to(image, label, aug.crop_size, aug.pad_value)
     return (torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous(),
             torch.from_numpy(np.ascontiguousarray(label)))
 
@@ -389,6 +395,9 @@ def _rng(seed: int, epoch: int, stream: int) -> np.random.Generator:
 
 
 def _seg_train(src: Iterator, lut: np.ndarray, aug: SegAugment, seed: int, epoch: int) -> Iterator:
+    # OpenCV's own thread pool (one thread per core by default) in every loader worker oversubscribes
+    # the job's cores; its results do not depend on the thread count (checked), so one thread it is.
+    cv2.setNumThreads(1)
     rng = _rng(seed, epoch, _SEG_STREAM)
     for sample in src:
         yield segmentation_train_transform(*decode_segmentation(sample, lut), aug, rng)
@@ -523,3 +532,25 @@ def detection_eval_samples(manifest_path: str | Path, *, rank: int = 0, world_si
     cat_to_label = category_to_label(read_manifest(manifest_path))
     yield from _eval_pass(manifest_path, _DetEval(cat_to_label), rank=rank, world_size=world_size,
                           num_workers=num_workers, max_samples=max_samples)
+
+
+def detection_image_records(manifest_path: str | Path) -> dict[int, dict]:
+    """COCO image id -> its image record ({"id", "file_name", "width", "height", ...}) for every sample
+    of the split, read from the shards' json members only (tar headers let the images be skipped, so
+    a 5000-image split takes about a second). What the detection task checks the GT json against."""
+    import tarfile
+
+    _, shards = read_shards(manifest_path)
+    records: dict[int, dict] = {}
+    for url in shards:
+        try:
+            with tarfile.open(url, "r:") as tar:
+                for member in tar:
+                    if not (member.isfile() and member.name.endswith(".json")):
+                        continue
+                    info = json.loads(tar.extractfile(member).read())["image"]
+                    records[int(info["id"])] = info
+        except (tarfile.TarError, OSError, KeyError, ValueError) as e:
+            raise DataError(f"shard {url}: cannot read its COCO image records ({type(e).__name__}: {e}); "
+                            f"delete {Path(url).parent} and re-run sharding") from e
+    return records

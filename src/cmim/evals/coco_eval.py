@@ -124,21 +124,30 @@ class COCOEvaluator:
 
     # ------------------------------------------------------------------ scoring
 
-    def evaluate(self, results: list[dict], iou_types=IOU_TYPES) -> dict:
+    def evaluate(self, results: list[dict], iou_types=IOU_TYPES, *, image_ids=None) -> dict:
         """COCO result dicts -> {"bbox_AP", ..., "segm_ARl"} in percent (None where COCO says -1)
-        and "summary": the text of every `summarize()`."""
+        and "summary": the text of every `summarize()`.
+
+        `image_ids`: score only these images (COCOeval's params.imgIds), e.g. the first N of a split
+        (max_val_samples) or the images its shards hold; None = every image of the ground truth.
+        An image in the list without any detection still counts (its objects are all missed)."""
+        if image_ids is not None:
+            image_ids = sorted({int(i) for i in image_ids})
+            unknown = sorted(set(image_ids) - set(self.image_ids))
+            if unknown:
+                raise ValueError(f"image ids not in the ground truth: {unknown[:10]}")
         scores: dict = {}
         text = []
         for iou_type in iou_types:
             if iou_type not in IOU_TYPES:
                 raise ValueError(f"iou type must be one of {IOU_TYPES}, got {iou_type!r}")
-            stats, printed = self._score(results, iou_type)
+            stats, printed = self._score(results, iou_type, image_ids)
             scores.update({f"{iou_type}_{name}": _percent(v) for name, v in zip(STAT_NAMES, stats)})
             text.append(f"IoU metric: {iou_type}\n{printed}")
         scores["summary"] = "\n".join(text)
         return scores
 
-    def _score(self, results: list[dict], iou_type: str) -> tuple[list[float], str]:
+    def _score(self, results: list[dict], iou_type: str, image_ids=None) -> tuple[list[float], str]:
         drop = "segmentation" if iou_type == "bbox" else "bbox"
         kept = [{k: v for k, v in r.items() if k != drop} for r in results]
         if iou_type == "segm" and any("segmentation" not in r for r in kept):
@@ -148,6 +157,8 @@ class COCOEvaluator:
             raise ValueError(f"results for image ids not in the ground truth: {sorted(unknown)[:10]}")
         dt = self._load_results(kept)
         ev = COCOeval(self.gt, dt, iou_type)
+        if image_ids is not None:
+            ev.params.imgIds = list(image_ids)
         _, printed = _quiet(lambda: (ev.evaluate(), ev.accumulate(), ev.summarize()))
         return [float(v) for v in ev.stats], printed
 

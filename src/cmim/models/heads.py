@@ -46,10 +46,13 @@ def cmae_projector(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
 
 
 def cmae_predictor(dim: int, hidden: int) -> nn.Sequential:
-    """CMAE's predictor (online branch only): Linear(dim, hidden)-BN-ReLU-Linear(hidden, dim).
-    BN eps 1e-6 as in the projector (the predictor's eps is not stated in METHODS.md)."""
+    """CMAE's predictor (online branch only): Linear(dim, hidden)-BN-ReLU-Linear(hidden, dim, no bias).
+
+    The authors' predictor is the same mmselfsup NonLinearNeck as their projector, whose last Linear
+    has no bias (`with_last_bias=False`, METHODS.md 1.5). BN eps 1e-6 as in the projector (the
+    predictor's eps is not stated in METHODS.md)."""
     return nn.Sequential(nn.Linear(dim, hidden), nn.BatchNorm1d(hidden, eps=1e-6), nn.ReLU(inplace=True),
-                         nn.Linear(hidden, dim))
+                         nn.Linear(hidden, dim, bias=False))
 
 
 class SigmaEmbedding(nn.Module):

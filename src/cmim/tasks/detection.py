@@ -1,0 +1,368 @@
+"""COCO detection and instance segmentation: Mask R-CNN on a ViTDet pyramid, a training job on the one engine.
+
+The recipe is detectron2's ViTDet-B (`projects/ViTDet/configs/COCO/mask_rcnn_vitdet_b_100ep.py` on
+`configs/common/models/mask_rcnn_vitdet.py`, `coco_loader_lsj.py`, `configs/common/optim.py`;
+METHODS.md 2.4), every value a key of evaluations.coco:
+- model (cmim.models.vitdet): the encoder's last block -> simple feature pyramid (strides 4..32 +
+  pool, 256 channels, LN), RPN with 2 convs and one anchor size per level (32..512, ratios 0.5/1/2),
+  4conv1fc box head (256 / 1024, LN), 4-conv mask head; drop path 0.1; the encoder's position
+  embedding interpolated to every input size;
+- RPN / RoI sampling as detectron2 (and torchvision's defaults): 256 anchors per image with half
+  positives, pre-NMS top 2000 (train) / 1000 (test), post-NMS top 1000 in both (torchvision's
+  training default would be 2000), NMS 0.7; 512 RoIs per image, a quarter positive; test score
+  threshold 0.05, NMS 0.5, 100 detections per image;
+- optimiser: AdamW lr 1e-4 (absolute, at batch 64), betas (0.9, 0.999), weight decay 0.1 (none on
+  norms and the position embedding; detectron2 decays biases, timm's groups do not), layer decay 0.7
+  (block i of L: 0.7^(L - i), embeddings 0.7^(L + 1), pyramid and heads 1);
+- schedule: 184,375 iterations (100 epochs of 118k images at 64), linear warmup of 250 iterations
+  (detectron2 starts at 0.001 of the lr, we at 0), lr x 0.1 at iterations 163,889 and 177,546
+  (`lr_drops` are fractions of the run, so a shorter run keeps the shape); AMP there, bf16 here;
+- data (cmim.data.dense): flip, large-scale jitter 0.1-2.0 of 1024, a 1024 crop, padding to the
+  square (the mean colour); test: the original image resized to a long side of 1024 by the
+  model's transform; boxes and masks come back in original pixels;
+- score: pycocotools COCOeval against the real instances_<val split>.json (cmim.evals.coco_eval),
+  bbox and segm, all 12 numbers each; the category ids are the json's own.
+
+Before anything trains, the GT json is checked against the val shards: the same categories (ids
+and names) and, for every image the shards hold, an image record of the same id, file name and
+size. Images of the json that the shards do not hold (skipped when sharding: manifest.json lists
+them) and, with max_val_samples, images past the limit are left out of scoring, not counted as missed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from cmim import io
+from cmim.data.augment import to_unit
+from cmim.data.dense import DetAugment, detection_eval_samples, detection_image_records, detection_train_loader
+from cmim.evals import dense_examples, results
+from cmim.evals.coco_eval import COCOEvaluator, gather_results
+from cmim.models.vit import downstream_encoder
+from cmim.models.vitdet import build_mask_rcnn
+from cmim.tasks import transfer
+from cmim.train import checkpoint as ckpt
+from cmim.train import schedule
+from cmim.train.task import Context, LoopOptions, TrainTask
+
+RESULT_TASK = "coco"
+MODEL_FORMAT = "cmim-detector-v1"
+EVAL_BATCH = 4                 # images per inference forward (masks come back at the original size)
+EXAMPLE_SCORE = 0.5            # detections drawn in the examples PNG: score at least this ...
+EXAMPLE_MAX = 20               # ... and at most this many per image
+EVAL_ONLY = ("rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "box_score_thresh", "box_nms_thresh",
+             "detections_per_img", "mask_threshold", "max_val_samples", "examples", "checkpoint_every_steps",
+             "log_every_steps")   # options that never change the trained weights
+
+
+@dataclass(frozen=True)
+class DetectionOptions:
+    """evaluations.coco in the config schema (same names, order and defaults): detectron2's ViTDet-B recipe."""
+
+    iters: int = 184375                              # 100 epochs of COCO train2017 at batch 64
+    warmup_iters: int = 250
+    batch_size: int = 64                             # global batch
+    accum_steps: int = 1
+    lr: float = 1e-4                                 # ABSOLUTE peak lr (the dense recipes quote it so)
+    lr_drops: tuple[float, ...] = (0.888889, 0.962963)   # x0.1 at 163889 / 184375 and 177546 / 184375
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)
+    layer_decay: float = 0.7
+    drop_path: float = 0.1
+    grad_clip: float | None = None
+    image_size: int = 1024                           # the square the training crops are padded to; test long side
+    augment: str = "lsj"                             # lsj (large-scale jitter) | resize (fit into the square)
+    scale_range: tuple[float, float] = (0.1, 2.0)    # LSJ scale of image_size
+    flip_prob: float = 0.5
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)   # one per level, strides 4..64
+    out_channels: int = 256                          # pyramid width (every level)
+    head_channels: int = 256                         # RoI heads' conv width
+    fc_channels: int = 1024                          # box head fc width
+    rpn_batch_size_per_image: int = 256
+    rpn_positive_fraction: float = 0.5
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_train: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    rpn_nms_thresh: float = 0.7
+    box_batch_size_per_image: int = 512              # sampled RoIs per image
+    box_positive_fraction: float = 0.25
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    detections_per_img: int = 100
+    mask_threshold: float = 0.5                      # mask probability -> binary mask for segm AP
+    max_val_samples: int | None = None               # score the first N val images (manifest order)
+    examples: int = 4                                # val images drawn in the examples PNG
+    precision: str = "auto"
+    compile: str = "off"
+    seed: int = 0
+    checkpoint_every_steps: int = 1000
+    log_every_steps: int = 20
+
+    @classmethod
+    def from_config(cls, spec: dict) -> DetectionOptions:
+        return transfer.options_from_config(cls, spec, "coco")
+
+    def loop(self) -> LoopOptions:
+        """The engine's view: the absolute lr becomes base_lr (schedule.base_lr_of), step schedule."""
+        return LoopOptions(epochs=1, iters=self.iters, warmup_iters=self.warmup_iters, batch_size=self.batch_size,
+                           accum_steps=self.accum_steps, base_lr=schedule.base_lr_of(self.lr, self.batch_size),
+                           lr_schedule="step", lr_drops=tuple(self.lr_drops), weight_decay=self.weight_decay,
+                           betas=tuple(self.betas), grad_clip=self.grad_clip, precision=self.precision,
+                           compile=self.compile, seed=self.seed, checkpoint_every_steps=self.checkpoint_every_steps,
+                           log_every_steps=self.log_every_steps)
+
+    def detector_kwargs(self) -> dict:
+        """What build_mask_rcnn / torchvision's MaskRCNN take from these options."""
+        return dict(anchor_sizes=tuple(self.anchor_sizes), out_channels=self.out_channels,
+                    head_channels=self.head_channels, fc_channels=self.fc_channels,
+                    box_detections_per_img=self.detections_per_img,
+                    rpn_post_nms_top_n_train=self.rpn_post_nms_top_n_train,
+                    rpn_pre_nms_top_n_train=self.rpn_pre_nms_top_n_train,
+                    rpn_pre_nms_top_n_test=self.rpn_pre_nms_top_n_test,
+                    rpn_post_nms_top_n_test=self.rpn_post_nms_top_n_test, rpn_nms_thresh=self.rpn_nms_thresh,
+                    rpn_batch_size_per_image=self.rpn_batch_size_per_image,
+                    rpn_positive_fraction=self.rpn_positive_fraction,
+                    box_batch_size_per_image=self.box_batch_size_per_image,
+                    box_positive_fraction=self.box_positive_fraction, box_score_thresh=self.box_score_thresh,
+                    box_nms_thresh=self.box_nms_thresh)
+
+
+class DetectionModel(nn.Module):
+    """uint8 images + torchvision targets -> Mask R-CNN -> its five losses by name + "total"."""
+
+    def __init__(self, detector: nn.Module, layer_decay: float) -> None:
+        super().__init__()
+        self.detector, self.layer_decay = detector, layer_decay
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        losses = self.detector([to_unit(im) for im in batch["images"]], batch["targets"])
+        # classifier, box_reg, mask (RoI heads), objectness, rpn_box_reg (RPN)
+        terms = {k.removeprefix("loss_"): v for k, v in losses.items()}
+        return {"total": sum(terms.values()), **terms}
+
+    @torch.no_grad()
+    def predict(self, images: list[torch.Tensor]) -> list[dict]:
+        """uint8 [3, H, W] images (any sizes) -> per image boxes (xyxy, original pixels), labels 1..K,
+        scores, masks [N, 1, H, W] probabilities. Call in eval mode."""
+        return self.detector([to_unit(im) for im in images])
+
+    def parameter_groups(self, weight_decay: float) -> list[dict]:
+        from timm.optim import param_groups_layer_decay
+
+        return param_groups_layer_decay(self.detector, weight_decay=weight_decay,
+                                        no_weight_decay_list=self.detector.no_weight_decay(),
+                                        layer_decay=self.layer_decay)
+
+
+class DetectionTask(TrainTask):
+    name = "detection"
+
+    def __init__(self, run: dict, checkpoint_path: Path, train_manifest: Path, val_manifest: Path, gt_json: Path,
+                 opts: DetectionOptions, data: dict, *, result_path: Path | None = None,
+                 examples_path: Path | None = None, checkpoint_sha256: str | None = None) -> None:
+        self.run, self.opts, self.data = run, opts, data
+        self.train_manifest_path, self.val_manifest_path = Path(train_manifest), Path(val_manifest)
+        self.gt_json = Path(gt_json)
+        self.result_path = Path(result_path) if result_path else None
+        self.examples_path = Path(examples_path) if examples_path else None
+        self.train_manifest, val, classes = transfer.shared_classes(train_manifest, val_manifest, "coco")
+        self.classes = [c["name"] for c in classes]                 # label k + 1 <-> classes[k]
+        self.evaluator = COCOEvaluator(self.gt_json)
+        self.val_records = detection_image_records(self.val_manifest_path)
+        self._check_ground_truth(classes)
+        self.val_samples = min(val["num_samples"], opts.max_val_samples or val["num_samples"])
+        self.checkpoint_path = Path(checkpoint_path)
+        encoder, self.ckpt_meta = transfer.pretrained_encoder(run, self.checkpoint_path, "coco")
+        self.checkpoint_sha256 = checkpoint_sha256 or ckpt.file_sha256(self.checkpoint_path)
+        if opts.image_size % 32:
+            raise ValueError(f"coco.image_size {opts.image_size} must be a multiple of 32 (the pyramid's stride)")
+        self.options = opts.loop()
+        torch.manual_seed(opts.seed)  # the same pyramid and heads on every rank
+        backbone = downstream_encoder(encoder, img_size=opts.image_size, drop_path_rate=opts.drop_path,
+                                      dynamic_img_size=True)
+        detector = build_mask_rcnn(backbone, len(self.classes) + 1, min_size=opts.image_size,
+                                   max_size=opts.image_size, image_mean=data["mean"], image_std=data["std"],
+                                   _skip_resize=True,  # training batches are already scaled and padded (LSJ)
+                                   **opts.detector_kwargs())
+        self.model = DetectionModel(detector, opts.layer_decay)
+        self.examples: list[dict] = []
+        self.coco_summary = ""
+
+    def _check_ground_truth(self, classes: list[dict]) -> None:
+        """The GT json must be the instances file the val shards were built from (see the module docstring)."""
+        gt = self.evaluator.gt.dataset
+        where = f"the COCO ground truth {self.gt_json}"
+        ours = [(c["id"], c["name"]) for c in classes]
+        theirs = [(c["id"], c["name"]) for c in sorted(gt["categories"], key=lambda c: c["id"])]
+        if ours != theirs:
+            diff = sorted(set(ours) ^ set(theirs))[:5]
+            raise ValueError(f"{where} does not match the val shards {self.val_manifest_path}: its categories differ "
+                             f"({len(theirs)} vs {len(ours)}; differing (id, name): {diff}); pass the instances json "
+                             f"of the split the shards were made from")
+        images = {int(im["id"]): im for im in gt["images"]}
+        missing = sorted(set(self.val_records) - set(images))
+        changed = [i for i in sorted(set(self.val_records) & set(images))
+                   if any(self.val_records[i].get(k) != images[i].get(k) for k in ("file_name", "width", "height"))]
+        if missing or changed:
+            what = (f"{len(missing)} of the shards' {len(self.val_records)} images are not in it (ids "
+                    f"{missing[:5]})" if missing else f"{len(changed)} images differ in file name or size (ids "
+                                                      f"{changed[:5]})")
+            raise ValueError(f"{where} does not match the val shards {self.val_manifest_path}: {what}; pass the "
+                             f"instances json of the split the shards were made from (or re-shard the split)")
+
+    @classmethod
+    def from_job(cls, job: dict) -> DetectionTask:
+        if not job.get("gt_json"):
+            raise ValueError("a detection job needs gt_json: the val split's instances json (AP is scored against it)")
+        run = yaml.safe_load(Path(job["run_config"]).read_text())
+        return cls(run, Path(job["checkpoint"]), Path(job["train_manifest"]), Path(job["val_manifest"]),
+                   Path(job["gt_json"]), DetectionOptions.from_config(job["options"]), job["data"],
+                   result_path=job.get("result"), examples_path=job.get("examples"),
+                   checkpoint_sha256=job.get("checkpoint_sha256"))
+
+    # ------------------------------------------------------------------ identity
+    def identity(self) -> dict:
+        """What decides the weights: changing an inference-only key (test-time top-n, thresholds, NMS,
+        detections per image, max_val_samples, examples) resumes the finished state and only re-scores."""
+        from cmim.config import config_hash
+
+        opts = {k: v for k, v in transfer.options_dict(self.opts).items() if k not in EVAL_ONLY}
+        return {"task": RESULT_TASK, "run": config_hash(self.run), "checkpoint": self.checkpoint_sha256,
+                "options": opts, "data": {k: self.data[k] for k in ("mean", "std")},
+                "train": [s["sha256"] for s in self.train_manifest["shards"]]}
+
+    def describe(self) -> str:
+        return f"{self.run['run']}/{RESULT_TASK}"
+
+    def summary_fields(self) -> dict:
+        return {"run": self.run["run"], "method": self.run["method"], "evaluation": RESULT_TASK}
+
+    def manifests(self) -> list:
+        return [self.train_manifest_path, self.val_manifest_path]
+
+    def num_train_samples(self) -> int:
+        return self.train_manifest["num_samples"]
+
+    # ------------------------------------------------------------------ data
+    def augment(self) -> DetAugment:
+        o = self.opts
+        pad = tuple(int(round(m * 255)) for m in self.data["mean"])
+        return DetAugment(image_size=o.image_size, mode=o.augment, scale_range=tuple(o.scale_range),
+                          flip_prob=o.flip_prob, pad_to_square=True, pad_value=pad)
+
+    def train_batches(self, ctx: Context, epoch: int, micro_batch: int, num_batches: int):
+        return detection_train_loader(self.train_manifest_path, self.augment(), batch_size=micro_batch,
+                                      num_batches=num_batches, epoch=epoch, seed=self.opts.seed,
+                                      num_workers=ctx.num_workers)
+
+    def to_device(self, batch: dict, device: torch.device) -> dict:
+        """Lists of images and of target dicts (torchvision's detection format), each moved."""
+        return {"images": [im.to(device, non_blocking=True) for im in batch["images"]],
+                "targets": [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in batch["targets"]]}
+
+    def batch_images(self, batch: dict) -> int:
+        return len(batch["images"])
+
+    # ------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def score(self, ctx: Context) -> dict:
+        """Each rank predicts its share of the val split; rank 0 scores everything with COCOeval and
+        every rank returns the same metrics (broadcast)."""
+        env, o = ctx.env, self.opts
+        found, ids, pending = [], [], []
+        self.examples = []
+
+        def flush():
+            images = [s["image"].to(env.device) for s in pending]
+            with torch.autocast(env.device.type, dtype=ctx.amp, enabled=ctx.amp is not None):
+                outputs = self.model.predict(images)
+            outputs = [{k: (v.float() if v.is_floating_point() else v).cpu() for k, v in out.items()}
+                       for out in outputs]
+            found.extend(self.evaluator.to_coco_results(outputs, [s["image_id"] for s in pending],
+                                                        o.mask_threshold))
+            for s, out in zip(pending, outputs):
+                if env.is_main and len(self.examples) < o.examples:
+                    self.examples.append(self._example(s, out))
+            pending.clear()
+
+        self.model.eval()
+        try:
+            for sample in detection_eval_samples(self.val_manifest_path, rank=env.rank, world_size=env.world_size,
+                                                 num_workers=ctx.num_workers, max_samples=o.max_val_samples):
+                ids.append(sample["image_id"])
+                pending.append(sample)
+                if len(pending) == EVAL_BATCH:
+                    flush()
+            if pending:
+                flush()
+        finally:
+            self.model.train()
+        found, ids = gather_results(found), gather_results(ids)
+        metrics = self.evaluator.evaluate(found, image_ids=ids) if env.is_main else None
+        metrics = transfer.broadcast_from_main(metrics, env)
+        self.coco_summary = metrics.pop("summary")
+        metrics["detections"] = len(found)
+        return metrics
+
+    def _example(self, sample: dict, out: dict) -> dict:
+        keep = (out["scores"] >= EXAMPLE_SCORE).nonzero().flatten()[:EXAMPLE_MAX]
+        return {"image": sample["image"], "image_id": sample["image_id"], "boxes": out["boxes"][keep],
+                "labels": out["labels"][keep], "masks": out["masks"][keep, 0] > self.opts.mask_threshold}
+
+    def evaluate(self, ctx: Context) -> dict:
+        return self.score(ctx)
+
+    # ------------------------------------------------------------------ outputs
+    def export(self, ctx: Context, step: int) -> None:
+        """The trained detector (encoder + pyramid + heads) with what it takes to rebuild it."""
+        state = {k: v.detach().cpu().clone() for k, v in self.model.detector.state_dict().items()}
+        io.torch_save({"format": MODEL_FORMAT, "model": state, "classes": self.classes,
+                       "category_ids": [self.evaluator.label_to_category[i + 1] for i in range(len(self.classes))],
+                       "encoder_spec": self.run["encoder"], "options": transfer.options_dict(self.opts),
+                       "task": RESULT_TASK, "run": self.run["run"], "step": step}, ctx.files.checkpoint)
+
+    def write_result(self, ctx: Context, summary: dict, final: dict | None) -> None:
+        if self.examples_path is not None:
+            self.write_examples(self.examples_path)
+        if self.result_path is None:
+            return
+        final = dict(final or {})
+        detections = final.pop("detections", None)
+        protocol = {**transfer.options_dict(self.opts), "base_lr": self.options.base_lr,
+                    "num_classes": len(self.classes), "gt_json": str(self.gt_json)}
+        record = results.record(
+            RESULT_TASK, self.run, final, protocol=protocol,
+            checkpoint=results.checkpoint_info(self.checkpoint_path, self.ckpt_meta, self.checkpoint_sha256),
+            dataset={"name": self.data["dataset"], "train_samples": self.train_manifest["num_samples"],
+                     "val_samples": self.val_samples, "num_classes": len(self.classes),
+                     "gt_images": len(self.evaluator.image_ids)},
+            wall_time_s=summary["wall_time_s"], training=summary, classes=self.classes, detections=detections,
+            coco_summary=self.coco_summary, examples=str(self.examples_path) if self.examples_path else None,
+            trainable_parameters=sum(p.numel() for p in self.model.parameters() if p.requires_grad))
+        results.write(self.result_path, record)
+
+    def write_examples(self, path: Path) -> None:
+        """image | ground truth | prediction (score >= 0.5) for the first few val images (rank 0's share)."""
+        colours = dense_examples.palette(len(self.classes))
+        gt, rows = self.evaluator.gt, []
+        for ex in self.examples:
+            image = ex["image"].permute(1, 2, 0).numpy()
+            h, w = image.shape[:2]
+            anns = gt.imgToAnns.get(ex["image_id"], [])
+            masks = np.stack([gt.annToMask(a).astype(bool) for a in anns]) if anns else np.zeros((0, h, w), bool)
+            boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                              for a in anns]).reshape(-1, 4)
+            labels = np.array([self.evaluator.category_to_label[a["category_id"]] - 1 for a in anns], int)
+            s = dense_examples.tile_scale(h, w)
+            rows.append([dense_examples.enlarge(image, s),
+                         dense_examples.draw_instances(image, masks, boxes, labels, colours, s),
+                         dense_examples.draw_instances(image, ex["masks"].numpy(), ex["boxes"].numpy(),
+                                                       ex["labels"].numpy() - 1, colours, s)])
+        dense_examples.write_rows(path, rows, ["image", "ground truth", "prediction"])
