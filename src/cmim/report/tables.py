@@ -12,11 +12,10 @@ import pandas as pd
 
 from cmim import io
 from cmim.evals import results
-from cmim.train.checkpoint import encoder_label as _label
 
 
 def encoder_label(spec: dict | None) -> str:
-    return _label(spec) if spec else "-"
+    return results.encoder_label(spec) if spec else "-"
 
 
 def _pct(value) -> float:

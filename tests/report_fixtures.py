@@ -1,0 +1,113 @@
+"""A small hand-made study for the report tests: a config with seeded run groups and result files
+written with cmim.evals.results.record (no training), so every table cell has a known value."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+
+from cmim import config as config_module
+from cmim import io, paths
+from cmim.config import validate
+from cmim.evals import results
+
+ENCODER = {"embed_dim": 64, "depth": 2, "num_heads": 2, "patch_size": 8, "img_size": 32}
+
+# linear-probe top-1 per run group, one value per seed
+PROBE = {"can": [75.0, 76.0, 77.0], "simclr": [73.0, 73.5, 74.0], "mae": [60.0, 61.0, 62.0],
+         "can_no_noise": [70.0, 71.0, 72.0]}
+FINETUNE = {"can": [80.0, 81.0, 82.0], "mae": [79.0, 79.5, 80.0]}
+FLOPS_PER_IMAGE = {"can": 1.0e9, "simclr": 1.7e9, "mae": 0.5e9, "can_no_noise": 1.0e9}
+IMAGES_SEEN = 1000
+SEEDS = [0, 1, 2]
+
+
+def study_raw(**extra) -> dict:
+    """The study as written in a config file."""
+    run = {"arch": "vit_tiny", "depth": 2, "embed_dim": 64, "num_heads": 2, "patch_size": 8, "epochs": 2,
+           "warmup_epochs": 0.5, "batch_size": 64, "seeds": SEEDS}
+    cfg = {
+        "datasets": {"fmnist": {"format": "fashion-mnist", "image_size": 32, "eval_crop_pct": 1.0}},
+        "run_defaults": {"dataset": "fmnist", **run},
+        "runs": {"can": {"method": "can"}, "simclr": {"method": "simclr"}, "mae": {"method": "mae"},
+                 "can_no_noise": {"method": "can", "can": {"noise": False, "denoise_loss": False,
+                                                           "sigma_embed": "off"}}},
+        "evaluations": {"linear_probe": {"features": "cached"}, "finetune": {"runs": ["can", "mae"]}},
+        "tables": {
+            "can-abstract": {"rows": {"can": "can", "simclr": "simclr", "mae": "mae"}},
+            "can-table1": {"rows": {"full": "can", "no_noise": "can_no_noise"}},
+            "can-table3": {"rows": {"can_b_1600": "can", "mae_b_1600": "mae", "scratch_b_100": "mae"}},
+            "compute": {},
+        },
+        "figures": {"cmae-fig2": {"series": {"mae": "mae"}}, "can-epochs": {"series": {"can": "can", "mae": "mae"}},
+                    "cmae-fig4": {"series": {"mae": "mae"}}, "cmae-fig5": {"series": {"mae": "mae"}},
+                    "ablations-can": {}, "reconstructions": {"runs": ["mae", "can"]}, "throughput": {}},
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def study_config(**extra) -> dict:
+    return validate(study_raw(**extra))
+
+
+def write_result(run: str, method: str, task: str, metrics: dict, seed: int, blocks: int | None = None,
+                 training: dict | None = None) -> Path:
+    protocol = {"blocks": blocks} if blocks is not None else {}
+    extra = {"training": training} if training else {}
+    result = results.record(task, {"run": run, "method": method, "seed": seed, "epochs": 2, "encoder": ENCODER},
+                            metrics, protocol=protocol, checkpoint={"path": "x", "sha256": "0" * 64, "epoch": 2},
+                            dataset={"name": "fmnist", "train_samples": 600, "val_samples": 200},
+                            wall_time_s=1.0, **extra)
+    path = paths.eval_result(run, task)
+    results.write(path, result)
+    return path
+
+
+METHOD = {"can": "can", "simclr": "simclr", "mae": "mae", "can_no_noise": "can"}
+
+
+def write_study(root: Path) -> None:
+    """Every result of study_config under root/results."""
+    with contextlib.chdir(root):   # cmim.paths are relative to the workflow directory
+        _write_study()
+
+
+def _write_study() -> None:
+    for group, values in PROBE.items():
+        for seed, v in zip(SEEDS, values):
+            write_result(f"{group}-s{seed}", METHOD[group], "linear_probe", {"top1": v, "top5": 99.0}, seed)
+    for group, values in FINETUNE.items():
+        for seed, v in zip(SEEDS, values):
+            write_result(f"{group}-s{seed}", METHOD[group], "finetune", {"top1": v}, seed,
+                         training={"img_per_s": 100.0, "cpu_hours": 0.01, "gpu_hours": 0.0, "wall_time_s": 36.0,
+                                   "peak_memory_gb": 1.0, "mfu": None, "config_hash": "f" * 16})
+    for group in PROBE:
+        for seed in SEEDS:
+            run = f"{group}-s{seed}"
+            files = paths.run_files(run)
+            io.write_json(files.summary, {"task": "pretrain", "run": run, "method": METHOD[group], "steps": 10,
+                                          "images_seen": IMAGES_SEEN, "flops_per_image": FLOPS_PER_IMAGE[group],
+                                          "img_per_s": 500.0, "gpu_hours": 0.0, "cpu_hours": 0.002,
+                                          "wall_time_s": 4.0, "peak_memory_gb": 0.5, "mfu": None,
+                                          "device": "cpu", "world_size": 1, "config_hash": f"{seed}" * 16})
+            images = {k: torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8)
+                      for k in ("input", "masked", "reconstruction")}
+            io.torch_save({"run": run, "method": METHOD[group],
+                           "images": images if METHOD[group] != "simclr" else None}, files.reconstructions)
+    shard = {"num_samples": 600, "shards": [{"file": "s-000000.tar", "count": 600, "bytes": 1, "sha256": "a" * 64}]}
+    for split in ("train", "val"):
+        io.write_json(paths.manifest("fmnist", split), shard)
+
+
+@pytest.fixture
+def cached_schema(monkeypatch):
+    """cmim.config.schema() re-reads the YAML on every call (about 0.1-0.8 s, many calls per validate);
+    the report tests validate many small configs, so they read it once."""
+    once = functools.cache(config_module.schema)
+    monkeypatch.setattr(config_module, "schema", lambda: copy.deepcopy(once()))
