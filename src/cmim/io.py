@@ -36,7 +36,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except OSError as e:
-            if e.filename and str(e.filename) != str(path) and Path(e.filename) != tmp:
+            # an error about another file (a source being read) stays as it is; one about the temp file
+            # (shutil.copyfile names it as filename2) or about no file at all is the error of writing `path`
+            names = {Path(f) for f in (e.filename, e.filename2) if f}
+            if names and not names & {tmp, path}:
                 raise
             raise _named(e, path) from e
     finally:
@@ -83,10 +86,22 @@ def read_json(path: str | Path) -> Any:
 
 
 def torch_save(obj: Any, path: str | Path) -> None:
+    """torch.save, atomically. Through a Python file so that a failed write (a full disk, a quota)
+    surfaces as the OSError it is: torch's own zip writer turns it into a bare RuntimeError
+    ("[enforce fail at inline_container.cc] ... unexpected pos") that names neither file nor cause."""
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+        except RuntimeError as e:
+            cause = e.__context__
+            if isinstance(cause, OSError):
+                raise OSError(cause.errno, cause.strerror) from e
+            if "inline_container" in str(e):
+                raise OSError(errno.EIO, f"torch.save could not write the file ({e})") from e
+            raise
 
 
 def _jsonable(x: Any) -> Any:

@@ -95,7 +95,7 @@ def load_features(path) -> dict:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"{path} cannot be read ({type(e).__name__}); re-run its features rule "
-                         f"(snakemake --forcerun features {path})") from None
+                         f"(snakemake --force {path})") from None
     if not isinstance(data, dict) or data.get("format") != FEATURES_FORMAT:
         raise ValueError(f"{path}: not a cmim features file; re-run its features rule")
     return data

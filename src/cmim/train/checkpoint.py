@@ -25,6 +25,8 @@ from typing import Any
 import torch
 
 from cmim import io
+from cmim.errors import CheckpointError  # noqa: F401  (raised here, importable from here)
+from cmim.evals.results import encoder_label  # noqa: F401
 
 ENCODER_FORMAT = "cmim-encoder-v1"
 KEEP_RESUME = 2
@@ -32,10 +34,6 @@ KEEP_RESUME = 2
 
 def resume_file(resume_dir: Path, step: int) -> Path:
     return Path(resume_dir) / f"step-{step:09d}.pt"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used, named with the reason and what to do."""
 
 
 def save_resume(resume_dir: Path, state: dict[str, Any], keep: int = KEEP_RESUME) -> Path:
@@ -168,11 +166,6 @@ def load_encoder(path: Path, expected_spec: dict | None = None) -> tuple[torch.n
                               f"version or was edited: re-run its pretrain rule")
     encoder.load_state_dict(state)
     return encoder, ckpt
-
-
-def encoder_label(spec: dict) -> str:
-    return (f"ViT d{spec['depth']} w{spec['embed_dim']} h{spec['num_heads']} p{spec['patch_size']} "
-            f"@{spec['img_size']}")
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -107,13 +108,32 @@ def progress_line(run: str, epoch: int, epochs: int, step: int, total: int, term
 
 
 def append_jsonl(path: Path, row: dict) -> None:
-    """One row, written with a single append (a kill can still tear it: `read_jsonl` drops a torn line)."""
+    """One row, appended whole or not at all: a short write (a disk that fills mid-row writes what
+    fits and returns the count; the next write raises ENOSPC) is cut back off before the error is
+    raised, naming the file. A kill can still tear the row: `read_jsonl` drops a torn line."""
     line = (json.dumps(row, sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
-        os.write(fd, line)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise _append_error(e, path) from None
+    try:
+        start = os.fstat(fd).st_size
+        written = 0
+        try:
+            while written < len(line):
+                written += os.write(fd, line[written:])
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)  # shrinking frees space: no half row stays behind
+            raise _append_error(e, path) from None
     finally:
         os.close(fd)
+
+
+def _append_error(e: OSError, path: Path) -> OSError:
+    from cmim.io import _named
+
+    return _named(e, Path(path))
 
 
 def read_jsonl(path: Path, log=None) -> list[dict]:
