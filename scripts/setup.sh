@@ -43,4 +43,17 @@ else
     exit 1
 fi
 .venv/bin/python -c "from cmim.data import fashion_mnist as f; print('[setup] Fashion-MNIST at', f.find_root())"
+
+# ---- --test: headless Chromium from Debian for the report's browser test (tests/report/test_report_workflow.py)
+if [ -n "$EXTRAS" ]; then
+    if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then
+        log "chromium present"
+    elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        log "installing Debian package chromium (headless browser for the report test)"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
+            >/dev/null || log "could not install chromium; the report's browser test will skip"
+    else
+        log "no root or no apt-get: chromium not installed; the report's browser test will skip"
+    fi
+fi
 log "done: activate with 'source .venv/bin/activate'"

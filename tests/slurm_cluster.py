@@ -1,8 +1,11 @@
-"""pytest plugin: a real one-node SLURM cluster for the tests of cmim's SLURM paths.
+"""pytest plugin: a real SLURM cluster on this machine for the tests of cmim's SLURM paths: one node
+(partition "partition") and, where network namespaces can be made, two "network nodes" (partition
+"multi_partition", None otherwise; "net_why" says why) for multi-node jobs.
 
 Load it with ``pytest_plugins = ["slurm_cluster"]`` in tests/conftest.py. It provides one fixture,
 
-    slurm_cluster  (session scope) -> {"conf", "partition", "account", "gpus", "dir"}
+    slurm_cluster  (session scope) -> {"conf", "partition", "account", "gpus", "dir",
+                                       "multi_partition", "net_nodes", "net_why"}
 
 which starts the cluster with scripts/slurm-local/start-slurm.sh once per session, sets SLURM_CONF
 for the session (restored afterwards) and stops the cluster with stop-slurm.sh at the end.
@@ -113,7 +116,11 @@ def slurm_cluster():
                         f"{_tail(out, 15)}\n{_tail(err)}", pytrace=False)
         env = _read_env(cdir / "env.sh")
         info = {"conf": env["SLURM_CONF"], "partition": env["CMIM_SLURM_PARTITION"],
-                "account": env["CMIM_SLURM_ACCOUNT"], "gpus": int(env["CMIM_SLURM_GPUS"]), "dir": str(cdir)}
+                "account": env["CMIM_SLURM_ACCOUNT"], "gpus": int(env["CMIM_SLURM_GPUS"]), "dir": str(cdir),
+                # the network nodes (one slurmd each in its own network namespace) for multi-node jobs
+                "multi_partition": env.get("CMIM_SLURM_MULTI_PARTITION") or None,
+                "net_nodes": int(env.get("CMIM_SLURM_NET_NODES") or 0),
+                "net_why": env.get("CMIM_SLURM_NET_WHY") or "no network nodes"}
         old_conf = os.environ.get("SLURM_CONF")
         os.environ["SLURM_CONF"] = info["conf"]
         try:
@@ -170,3 +177,10 @@ def sacct(job_id: str, until=FINAL_STATES, fields=("State",), history: bool = Fa
         if time.monotonic() > deadline:
             raise AssertionError(f"job {job_id} not in {set(until)} after {timeout}s: {rows or r.stderr}")
         time.sleep(0.2)
+
+
+def multi_node_partition(cluster: dict, nodes: int = 2) -> str:
+    """The partition of the network nodes, or skip the test with the reason they are missing."""
+    if not cluster.get("multi_partition") or cluster.get("net_nodes", 0) < nodes:
+        pytest.skip(f"no {nodes} network nodes for a multi-node job: {cluster.get('net_why')}")
+    return cluster["multi_partition"]

@@ -84,7 +84,7 @@ def test_run_defaults_sit_between_schema_defaults_and_the_run():
     assert run["epochs"] == 2              # the run's own
     assert run["weight_decay"] == 0.05     # schema default
     assert run["method_options"]["mask_ratio"] == 0.75
-    assert run["encoder"] == {"embed_dim": 128, "depth": 4, "num_heads": 4, "patch_size": 4, "img_size": 32}
+    assert run["encoder"] == {"embed_dim": 128, "depth": 4, "num_heads": 4, "patch_size": 8, "img_size": 32}
     assert C.resolve_run(cfg, "random_init")["epochs"] == 0  # baselines are never trained
 
 
@@ -120,7 +120,8 @@ def test_a_typo_fails_fast_naming_the_key(tmp_path, tool):
     assert result.returncode != 0
     assert "run_defaults.epocs" in result.stderr + result.stdout
     assert "did you mean 'epochs'" in result.stderr + result.stdout
-    assert elapsed < 5, f"{tool} took {elapsed:.1f}s to reject a typo"
+    # Fails before any job: nothing written, no rule scheduled (how fast is a benchmark's business).
+    assert not (tmp_path / "results").exists() and "\nrule " not in result.stdout, elapsed
 
 
 def test_exponent_floats_are_numbers_in_the_cli_and_in_the_snakefile(tmp_path):

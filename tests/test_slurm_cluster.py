@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import submitit
 
-from slurm_cluster import sacct
+from slurm_cluster import multi_node_partition, sacct
 from slurm_jobs import CountWithCheckpoint, all_reduce_ranks
 
 ACCOUNTING = ("State", "Account", "ExitCode", "AllocTRES")
@@ -85,6 +85,23 @@ def test_submitit_two_tasks_torch_distributed(slurm_cluster, tmp_path):
     assert all(r["world_size"] == 2 and r["sum"] == 3.0 for r in results), results
     # MASTER_ADDR is the node name, which must resolve (start-slurm.sh fixes /etc/hosts if needed)
     assert results[0]["master_addr"] == socket.gethostname().split(".")[0]
+
+
+def test_two_node_job_runs_one_task_per_node_and_reduces_over_the_network(slurm_cluster, tmp_path):
+    """The network nodes: two hosts (own hostname and address each), gloo between them."""
+    partition = multi_node_partition(slurm_cluster)
+    r = subprocess.run(["srun", "-p", partition, "-N2", "-n2", "bash", "-c", "echo $SLURM_NODEID $(hostname)"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.split("\n")[:2]) == ["0 cmim-n1", "1 cmim-n2"], r.stdout
+    ex = _executor({**slurm_cluster, "partition": partition}, tmp_path / "submitit", nodes=2, tasks_per_node=1,
+                   cpus_per_task=1)
+    job = ex.submit(all_reduce_ranks)
+    _wait(job, timeout=180)
+    results = sorted(job.results(), key=lambda r: r["rank"])
+    assert [(r["rank"], r["world_size"], r["sum"]) for r in results] == [(0, 2, 3.0), (1, 2, 3.0)], results
+    assert results[0]["master_addr"] == "cmim-n1"
+    assert sacct(job.job_id, fields=("State", "NodeList"))[-1]["NodeList"] == "cmim-n[1-2]"
 
 
 def test_submitit_checkpointable_requeued_after_interrupt(slurm_cluster, tmp_path):

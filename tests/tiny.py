@@ -16,6 +16,17 @@ TINY_DECODER = {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}
 TINY_FINETUNE = {"epochs": 2, "warmup_epochs": 0.5, "batch_size": 64, "base_lr": 2e-3, "samples_per_epoch": 256,
                  "eval_every_epochs": 1, "checkpoint_every_steps": 2, "log_every_steps": 2}
 
+# Seconds-long dense trainings on the 64 px scenes (small heads, few anchors and RoIs).
+TINY_SEGMENTATION = {"iters": 6, "warmup_iters": 1, "batch_size": 4, "lr": 5e-3, "drop_path": 0.0, "crop_size": 64,
+                     "scale": [256, 64], "test_scale": [256, 64], "slide_crop": 64, "slide_stride": 64,
+                     "channels": 16, "aux_channels": 8, "checkpoint_every_steps": 3, "log_every_steps": 2,
+                     "examples": 2}
+TINY_DETECTION = {"iters": 6, "warmup_iters": 1, "batch_size": 4, "lr": 2e-3, "drop_path": 0.0, "image_size": 64,
+                  "anchor_sizes": [8, 16, 32, 64, 128], "out_channels": 16, "head_channels": 16, "fc_channels": 32,
+                  "rpn_batch_size_per_image": 64, "rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50,
+                  "rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 50, "box_batch_size_per_image": 32,
+                  "detections_per_img": 20, "checkpoint_every_steps": 3, "log_every_steps": 2, "examples": 2}
+
 
 def tiny_config(methods=("mae",), **launch) -> dict:
     """Fashion-MNIST subset + small scene sets; the given methods plus both baselines."""
@@ -45,6 +56,9 @@ def tiny_config(methods=("mae",), **launch) -> dict:
             cfg["runs"][m][m] = dict(TINY_DECODER)
     cfg["runs"]["random_init"] = {"method": "random_init"}
     cfg["runs"]["raw_pixels"] = {"method": "raw_pixels"}
+    if methods:  # the dense tasks on the first method only: they are the slowest jobs
+        cfg["evaluations"]["ade20k"] = {"runs": [methods[0]], **TINY_SEGMENTATION}
+        cfg["evaluations"]["coco"] = {"runs": [methods[0]], **TINY_DETECTION}
     return cfg
 
 

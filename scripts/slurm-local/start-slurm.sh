@@ -5,6 +5,12 @@
 # (submitit, snakemake-executor-plugin-slurm). Target: Debian 12, root, no systemd.
 #
 #   munged  ->  private mariadbd + slurmdbd (so sacct works)  ->  slurmctld  ->  slurmd (2 fake GPUs)
+#                                                                            + 2 "network nodes"
+#
+# The network nodes make multi-node jobs possible on one machine: each is one more slurmd, in its
+# own network and UTS namespace (its own hostname cmim-nI and address on a bridge, as a separate
+# host would have), in partition `multi`. Where namespaces cannot be made, the cluster starts without
+# them and env.sh says why (CMIM_SLURM_NET_WHY).
 #
 # Everything the cluster owns lives in DIR (default $CMIM_SLURM_DIR or /tmp/cmim-slurm): configs,
 # state, database, logs, pid files, and env.sh (source it, or export SLURM_CONF=DIR/slurm.conf).
@@ -26,6 +32,8 @@
 #   CMIM_SLURM_WAIT=60               seconds to wait for each daemon
 #   CMIM_SLURM_LINK_ETC=1            0: do not symlink /etc/slurm/*.conf (then the snakemake slurm
 #                                    executor's jobstep srun cannot find the config)
+#   CMIM_SLURM_NET_NODES=2           network nodes (0: none); their partition CMIM_SLURM_MULTI_PARTITION=multi
+#   CMIM_SLURM_NET=10.231.0          their /24: the bridge (and slurmctld) .1, node I at .(I+1)
 set -euo pipefail
 
 # ------------------------------------------------------------------------------------------ settings
@@ -38,6 +46,11 @@ CRED_EXPIRE="${CMIM_SLURM_CRED_EXPIRE:-10}"
 read -r CTLD_PORT SLURMD_PORT DBD_PORT DB_PORT <<< "${CMIM_SLURM_PORTS:-6817 6818 6819 3307}"
 WAIT="${CMIM_SLURM_WAIT:-60}"
 LINK_ETC="${CMIM_SLURM_LINK_ETC:-1}"
+NET_NODES="${CMIM_SLURM_NET_NODES:-2}"
+MULTI_PARTITION="${CMIM_SLURM_MULTI_PARTITION:-multi}"
+NET="${CMIM_SLURM_NET:-10.231.0}"
+NET_WHY=""
+BRIDGE=cmimbr0
 CLUSTER=cmim
 PACKAGES=(munge slurmctld slurmd slurm-client slurmdbd slurm-wlm-mysql-plugin mariadb-server mariadb-client)
 
@@ -86,21 +99,38 @@ until_ok() {
     done
 }
 
-# our_pid NAME: the pid in $RUN/NAME.pid if that process is alive and its comm is NAME
+# our_pid NAME [STEM]: the pid in $RUN/STEM.pid (default NAME) if that process is alive and its comm
+# is NAME. The slurmds write $RUN/slurmd-<node>.pid: a plain `our_pid slurmd` means any of them.
 our_pid() {
-    local pid
-    pid="$(cat "$RUN/$1.pid" 2>/dev/null)" || return 1
+    local pid f
+    if [ "$1" = slurmd ] && [ $# = 1 ]; then
+        for f in "$RUN"/slurmd-*.pid; do
+            [ -e "$f" ] || continue
+            our_pid slurmd "$(basename "$f" .pid)" && return 0
+        done
+        return 1
+    fi
+    pid="$(cat "$RUN/${2:-$1}.pid" 2>/dev/null)" || return 1
     [[ "$pid" =~ ^[0-9]+$ ]] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ] && echo "$pid"
+}
+
+# our_pids NAME: every live pid of ours named NAME (all the slurmds)
+our_pids() {
+    local f
+    for f in "$RUN/$1".pid "$RUN/$1"-*.pid; do
+        [ -e "$f" ] && our_pid "$1" "$(basename "$f" .pid)"
+    done
+    true
 }
 
 # refuse_foreign NAME: fail if a NAME process runs that DIR did not start (one cluster per machine)
 refuse_foreign() {
     local mine pid comm
-    mine="$(our_pid "$1" || true)"
+    mine=" $(our_pids "$1" | tr '\n' ' ') "
     for comm in /proc/[0-9]*/comm; do
         [ "$(cat "$comm" 2>/dev/null)" = "$1" ] || continue
         pid="${comm#/proc/}"; pid="${pid%/comm}"
-        [ "$pid" = "$mine" ] && continue
+        [[ "$mine" == *" $pid "* ]] && continue
         fail "a $1 (pid $pid: $(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null)) runs that was not started" \
              "from $DIR; stop it first (scripts/slurm-local/stop-slurm.sh <its DIR>)"
     done
@@ -140,6 +170,59 @@ fix_hostname() {
         echo "127.0.0.1 $HOST  # cmim start-slurm.sh" >> /etc/hosts
         say "'$HOST' did not resolve: added it to /etc/hosts as 127.0.0.1"
     fi
+}
+
+net_node() { echo "cmim-n$1"; }
+net_addr() { echo "$NET.$(($1 + 1))"; }
+
+# setup_net_nodes: bridge $BRIDGE ($NET.1) and, per node I, network namespace cmim-nI with a veth
+# into the bridge ($NET.(I+1)), and the node's name in /etc/hosts. Idempotent. If the namespaces
+# cannot be made, what was made is removed, NET_NODES=0 and NET_WHY says what failed.
+setup_net_nodes() {
+    [ "$NET_NODES" -gt 0 ] || { NET_WHY="CMIM_SLURM_NET_NODES=0"; return 0; }
+    local i node log="$LOGS/net.log"
+    if ! make_net_nodes > "$log" 2>&1; then
+        NET_WHY="network namespaces for multi-node jobs failed: $(grep -v '^+' "$log" | tail -n 1) (log: $log)"
+        say "WARNING: $NET_WHY; starting without network nodes"
+        teardown_net_nodes >> "$log" 2>&1
+        NET_NODES=0
+        return 0
+    fi
+    for ((i = 1; i <= NET_NODES; i++)); do
+        node="$(net_node "$i")"
+        grep -Eq "^$(net_addr "$i")[[:space:]]+$node([[:space:]]|\$)" /etc/hosts \
+            || echo "$(net_addr "$i") $node  # cmim start-slurm.sh network node" >> /etc/hosts
+    done
+}
+
+make_net_nodes() {
+    set -x
+    command -v ip >/dev/null || { echo "no 'ip' command (iproute2)"; return 1; }
+    command -v unshare >/dev/null && command -v nsenter >/dev/null \
+        || { echo "no 'unshare' / 'nsenter' command (util-linux)"; return 1; }
+    ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge || return 1
+    ip addr show dev "$BRIDGE" | grep -q "inet $NET.1/" || ip addr add "$NET.1/24" dev "$BRIDGE" || return 1
+    ip link set "$BRIDGE" up || return 1
+    local i node
+    for ((i = 1; i <= NET_NODES; i++)); do
+        node="$(net_node "$i")"
+        ip netns list | grep -qw "$node" || ip netns add "$node" || return 1
+        ip link show "cmimh$i" >/dev/null 2>&1 || ip link add "cmimh$i" type veth peer name eth0 netns "$node" \
+            || return 1
+        ip link set "cmimh$i" master "$BRIDGE" && ip link set "cmimh$i" up || return 1
+        ip netns exec "$node" ip link set lo up || return 1
+        ip netns exec "$node" ip addr show dev eth0 | grep -q "inet $(net_addr "$i")/" \
+            || ip netns exec "$node" ip addr add "$(net_addr "$i")/24" dev eth0 || return 1
+        ip netns exec "$node" ip link set eth0 up || return 1
+    done
+    set +x
+}
+
+teardown_net_nodes() {
+    local node
+    for node in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^cmim-n[0-9]+$'); do ip netns del "$node"; done
+    ip link del "$BRIDGE" 2>/dev/null
+    true
 }
 
 start_munge() {
@@ -186,7 +269,7 @@ render_configs() {
     cat > "$out/slurm.conf" <<EOF
 # Written by cmim scripts/slurm-local/start-slurm.sh -- a one-node test cluster on loopback.
 ClusterName=$CLUSTER
-SlurmctldHost=$HOST(127.0.0.1)
+SlurmctldHost=$HOST($CTLD_ADDR)
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
 SlurmUser=root
@@ -196,11 +279,11 @@ CredType=cred/munge
 # A requeued job (submitit's preemption/timeout handling) is held for cred_expire + 1 s (default 120).
 AuthInfo=cred_expire=$CRED_EXPIRE
 StateSaveLocation=$DIR/state
-SlurmdSpoolDir=$DIR/spool
+SlurmdSpoolDir=$DIR/spool/%n
 SlurmctldPidFile=$RUN/slurmctld.pid
-SlurmdPidFile=$RUN/slurmd.pid
+SlurmdPidFile=$RUN/slurmd-%n.pid
 SlurmctldLogFile=$LOGS/slurmctld.log
-SlurmdLogFile=$LOGS/slurmd.log
+SlurmdLogFile=$LOGS/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 # No cgroups: limits are bookkeeping only.
@@ -232,8 +315,17 @@ Waittime=0
 MinJobAge=300
 GresTypes=gpu
 NodeName=$HOST NodeAddr=127.0.0.1 ${cpuline}RealMemory=$mem_mb $gres_line State=UNKNOWN
-PartitionName=$PARTITION Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+PartitionName=$PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 EOF
+    if [ "$NET_NODES" -gt 0 ]; then
+        {
+            echo "# Network nodes: one slurmd each in its own network + UTS namespace (start-slurm.sh's header)."
+            for ((i = 1; i <= NET_NODES; i++)); do
+                echo "NodeName=$(net_node "$i") NodeAddr=$(net_addr "$i") ${cpuline}RealMemory=$mem_mb State=UNKNOWN"
+            done
+            echo "PartitionName=$MULTI_PARTITION Nodes=cmim-n[1-$NET_NODES] MaxTime=INFINITE State=UP"
+        } >> "$out/slurm.conf"
+    fi
 
     {
         echo "# Written by cmim start-slurm.sh: fake GPUs (aliases of /dev/null)"
@@ -263,7 +355,9 @@ EOF
     {
         echo "# source me: the local SLURM cluster started by cmim scripts/slurm-local/start-slurm.sh"
         printf 'export %s=%q\n' SLURM_CONF "$DIR/slurm.conf" CMIM_SLURM_DIR "$DIR" \
-            CMIM_SLURM_PARTITION "$PARTITION" CMIM_SLURM_ACCOUNT "$ACCOUNT" CMIM_SLURM_GPUS "$GPUS"
+            CMIM_SLURM_PARTITION "$PARTITION" CMIM_SLURM_ACCOUNT "$ACCOUNT" CMIM_SLURM_GPUS "$GPUS" \
+            CMIM_SLURM_NET_NODES "$NET_NODES" CMIM_SLURM_NET_WHY "$NET_WHY" \
+            CMIM_SLURM_MULTI_PARTITION "$([ "$NET_NODES" -gt 0 ] && echo "$MULTI_PARTITION")"
     } > "$out/env.sh"
 }
 
@@ -332,34 +426,52 @@ start_mariadb() {
 
 # start_slurm_daemon NAME READY_CHECK...: start /usr/sbin/NAME (it daemonizes) unless ours runs
 start_slurm_daemon() {
-    local name=$1 pid; shift
-    if pid="$(our_pid "$name")"; then say "$name is running (pid $pid)"; return 0; fi
+    local name=$1 pid stem=$1; shift
+    [ "$name" = slurmd ] && stem="slurmd-$HOST"   # the slurmds' files are per node (%n)
+    if pid="$(our_pid "$name" "$stem")"; then say "$name is running (pid $pid)"; return 0; fi
     refuse_foreign "$name"
-    rm -f "$RUN/$name.pid"
-    [ -s "$LOGS/$name.log" ] && mv -f "$LOGS/$name.log" "$LOGS/$name.log.1"   # keep one earlier run
-    "/usr/sbin/$name" </dev/null >> "$LOGS/$name.out" 2>&1 \
-        || fail "$name exited with status $? at start (log: $LOGS/$name.log)" "$LOGS/$name.out" "$LOGS/$name.log"
-    until_ok 10 "$name pid file" "$LOGS/$name.log" our_pid "$name"
-    WATCH=$name until_ok "$WAIT" "$name" "$LOGS/$name.log" "$@"
-    say "$name started (pid $(our_pid "$name"))"
+    rm -f "$RUN/$stem.pid"
+    [ -s "$LOGS/$stem.log" ] && mv -f "$LOGS/$stem.log" "$LOGS/$stem.log.1"   # keep one earlier run
+    "/usr/sbin/$name" </dev/null >> "$LOGS/$stem.out" 2>&1 \
+        || fail "$name exited with status $? at start (log: $LOGS/$stem.log)" "$LOGS/$stem.out" "$LOGS/$stem.log"
+    until_ok 10 "$name pid file" "$LOGS/$stem.log" our_pid "$name" "$stem"
+    WATCH=$name until_ok "$WAIT" "$name" "$LOGS/$stem.log" "$@"
+    say "$name started (pid $(our_pid "$name" "$stem"))"
 }
 
 ctld_up() { scontrol ping | grep -q 'is UP'; }
 dbd_up() { sacctmgr -n list cluster format=cluster; }
 
+# start_net_slurmd I: the slurmd of network node I, inside its namespaces (hostname = node name)
+start_net_slurmd() {
+    local node pid
+    node="$(net_node "$1")"
+    if pid="$(our_pid slurmd "slurmd-$node")"; then say "slurmd of $node is running (pid $pid)"; return 0; fi
+    rm -f "$RUN/slurmd-$node.pid"
+    [ -s "$LOGS/slurmd-$node.log" ] && mv -f "$LOGS/slurmd-$node.log" "$LOGS/slurmd-$node.log.1"
+    mkdir -p "$DIR/spool/$node"
+    # nsenter, not `ip netns exec`: that one also remounts /sys for the namespace, which hides
+    # /sys/fs/cgroup, and slurmd will not start without it
+    nsenter --net="/run/netns/$node" unshare --uts sh -c "hostname $node && exec /usr/sbin/slurmd -N $node" \
+        </dev/null >> "$LOGS/slurmd-$node.out" 2>&1 \
+        || fail "slurmd of $node exited with status $? at start" "$LOGS/slurmd-$node.out" "$LOGS/slurmd-$node.log"
+    until_ok 10 "slurmd of $node pid file" "$LOGS/slurmd-$node.log" our_pid slurmd "slurmd-$node"
+    say "slurmd of $node started (pid $(our_pid slurmd "slurmd-$node"), $(net_addr "$1"))"
+}
+
 # The node state that slurmctld restored from DIR/state can predate this slurmd: wait until
 # slurmctld has heard from the running slurmd (its start time), and resume a node left down/drained.
 node_ready() {
-    local started start_s state
-    started="$(scontrol -o show node "$HOST" 2>/dev/null | grep -o 'SlurmdStartTime=[^ ]*' | cut -d= -f2)"
+    local node=${1:-$HOST} started start_s state
+    started="$(scontrol -o show node "$node" 2>/dev/null | grep -o 'SlurmdStartTime=[^ ]*' | cut -d= -f2)"
     [ -n "$started" ] && [ "$started" != None ] || return 1
     start_s="$(date -d "$started" +%s 2>/dev/null)" || return 1
     [ "$start_s" -ge $((SLURMD_SINCE - 1)) ] || return 1
-    state="$(sinfo -h -n "$HOST" -o %T 2>/dev/null)"
+    state="$(sinfo -h -n "$node" -o %T 2>/dev/null)"
     case "$state" in
         idle | mixed | allocated | completing) return 0 ;;
         *drain* | *down* | *fail* | inval*)
-            scontrol update NodeName="$HOST" State=RESUME >/dev/null 2>&1 || true
+            scontrol update NodeName="$node" State=RESUME >/dev/null 2>&1 || true
             return 1 ;;
         *) return 1 ;;
     esac
@@ -382,10 +494,13 @@ ensure_account() {
 [ "$(uname -s)" = Linux ] || fail "needs Linux"
 [ "$(id -u)" = 0 ] || fail "needs root (apt-get, munge, SlurmUser=root)"
 [[ "$GPUS" =~ ^[0-9]+$ ]] || fail "CMIM_SLURM_GPUS must be a number, not '$GPUS'"
-mkdir -p "$DIR" "$RUN" "$LOGS" "$DIR/state" "$DIR/spool" "$DIR/dev"
+mkdir -p "$DIR" "$RUN" "$LOGS" "$DIR/state" "$DIR/spool/$(hostname -s)" "$DIR/dev"
 
 install_packages
 fix_hostname
+setup_net_nodes
+CTLD_ADDR=127.0.0.1
+[ "$NET_NODES" -gt 0 ] && CTLD_ADDR="$NET.1"   # the network nodes reach slurmctld through the bridge
 start_munge
 install_configs
 link_etc
@@ -393,11 +508,21 @@ start_mariadb
 start_slurm_daemon slurmdbd dbd_up
 start_slurm_daemon slurmctld ctld_up
 SLURMD_SINCE=$(date +%s)
-our_pid slurmd >/dev/null && SLURMD_SINCE=0
+our_pid slurmd "slurmd-$HOST" >/dev/null && SLURMD_SINCE=0
 start_slurm_daemon slurmd true
-WATCH=slurmd until_ok "$WAIT" "node $HOST (registration, state idle)" "$LOGS/slurmd.log" node_ready
+for ((i = 1; i <= NET_NODES; i++)); do start_net_slurmd "$i"; done
+WATCH=slurmd until_ok "$WAIT" "node $HOST (registration, state idle)" "$LOGS/slurmd-$HOST.log" node_ready
+for ((i = 1; i <= NET_NODES; i++)); do
+    until_ok "$WAIT" "node $(net_node "$i") (registration, state idle)" "$LOGS/slurmd-$(net_node "$i").log" \
+        node_ready "$(net_node "$i")"
+done
 ensure_account
 
 say "ready: node $HOST is $(sinfo -h -n "$HOST" -o %T), partition '$PARTITION', account '$ACCOUNT', $GPUS fake GPUs"
+if [ "$NET_NODES" -gt 0 ]; then
+    say "ready: network nodes cmim-n[1-$NET_NODES] ($NET.2-$((NET_NODES + 1))) in partition '$MULTI_PARTITION'"
+else
+    say "no network nodes: $NET_WHY"
+fi
 echo "  use:  source $DIR/env.sh     (or export SLURM_CONF=$DIR/slurm.conf)"
 echo "  logs: $LOGS/    stop: bash $SELF_DIR/stop-slurm.sh $DIR [--purge]"

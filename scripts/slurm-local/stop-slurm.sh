@@ -2,9 +2,10 @@
 # scripts/slurm-local/stop-slurm.sh [DIR] [--purge]
 #
 # Stop the cluster that start-slurm.sh started from DIR (default $CMIM_SLURM_DIR or /tmp/cmim-slurm):
-# cancel all jobs, then stop slurmd + slurmctld, slurmdbd, mariadbd and munged -- each one only by
-# the pid in DIR/run/NAME.pid and only if that pid still is a NAME process (munged only if
-# start-slurm.sh started it). Removes the /etc/slurm symlinks into DIR (restoring files it moved).
+# cancel all jobs, then stop the slurmds + slurmctld, slurmdbd, mariadbd and munged -- each one only by
+# the pid in DIR/run/NAME.pid (DIR/run/slurmd-<node>.pid) and only if that pid still is a NAME
+# process (munged only if start-slurm.sh started it). Removes the /etc/slurm symlinks into DIR
+# (restoring files it moved) and the network nodes' namespaces and bridge (cmim-nI, cmimbr0).
 #   --purge        also delete DIR (configs, state, job database, logs)
 #   --slurm-only   (used by start-slurm.sh to apply a new config) stop only slurmd, slurmctld and
 #                  slurmdbd; keep munged, mariadbd and the /etc/slurm links
@@ -24,27 +25,33 @@ RUN="$DIR/run"
 export SLURM_CONF="$DIR/slurm.conf"
 say() { echo "[stop-slurm] $*"; }
 
-our_pid() {   # as in start-slurm.sh
+# our_pid NAME [STEM]: the pid in $RUN/STEM.pid (default NAME) if it is a live NAME process
+our_pid() {
     local pid
-    pid="$(cat "$RUN/$1.pid" 2>/dev/null)" || return 1
+    pid="$(cat "$RUN/${2:-$1}.pid" 2>/dev/null)" || return 1
     [[ "$pid" =~ ^[0-9]+$ ]] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ] && echo "$pid"
 }
 
-# terminate NAME...: SIGTERM every NAME in the list that runs from DIR, wait for all of them together
-# (up to 20 s), SIGKILL what is left. Pid files are removed either way.
+# terminate NAME...: SIGTERM every NAME in the list that runs from DIR (for slurmd: every
+# DIR/run/slurmd*.pid), wait for all of them together (up to 20 s), SIGKILL what is left. Pid files
+# are removed either way.
 terminate() {
-    local name pid t0=$EPOCHREALTIME
+    local name pid f stem t0=$EPOCHREALTIME
     local -a names=() pids=()
     for name in "$@"; do
-        if pid="$(our_pid "$name")"; then
-            kill -TERM "$pid" 2>/dev/null && names+=("$name") && pids+=("$pid")
-        fi
-        rm -f "$RUN/$name.pid"
+        for f in "$RUN/$name.pid" "$RUN/$name"-*.pid; do
+            [ -e "$f" ] || continue
+            stem="$(basename "$f" .pid)"
+            if pid="$(our_pid "$name" "$stem")"; then
+                kill -TERM "$pid" 2>/dev/null && names+=("$stem") && pids+=("$pid")
+            fi
+            rm -f "$f"
+        done
     done
     [ ${#pids[@]} -gt 0 ] || return 0
     local i deadline=$((SECONDS + 20))
     for i in "${!pids[@]}"; do
-        while [ "$(cat "/proc/${pids[$i]}/comm" 2>/dev/null)" = "${names[$i]}" ]; do
+        while [ "$(cat "/proc/${pids[$i]}/comm" 2>/dev/null)" = "${names[$i]%%-*}" ]; do
             if [ "$SECONDS" -ge "$deadline" ]; then
                 say "${names[$i]} (pid ${pids[$i]}) ignored SIGTERM for 20 s: SIGKILL"
                 kill -KILL "${pids[$i]}" 2>/dev/null
@@ -95,9 +102,13 @@ else
         # shellcheck disable=SC2086
         [ -z "$stepds" ] || kill -KILL $stepds 2>/dev/null
     fi
-    # 3. the base services
+    # 3. the base services and the network nodes' namespaces
     if [ "$SLURM_ONLY" = 0 ]; then
         terminate mariadbd munged
+        for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^cmim-n[0-9]+$'); do
+            ip netns del "$ns" 2>/dev/null
+        done
+        ip link del cmimbr0 2>/dev/null
         for f in slurm.conf gres.conf; do
             if [ -L "/etc/slurm/$f" ] && [ "$(readlink "/etc/slurm/$f")" = "$DIR/$f" ]; then
                 rm -f "/etc/slurm/$f"

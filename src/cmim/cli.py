@@ -150,14 +150,14 @@ def cmd_pretrain(args) -> int:
 
 def cmd_link_epoch(args) -> int:
     """Materialise a run's epoch checkpoint (exported under resume/ while training) as a rule output."""
+    from cmim.errors import CheckpointError
     from cmim.paths import RunFiles
-    from cmim.train.checkpoint import CheckpointError
 
     source = RunFiles(Path(args.run_dir)).resume_epoch_checkpoint(args.epoch)
     if not source.exists():
         raise CheckpointError(f"{source} not found: run {args.run_dir} did not save epoch {args.epoch} (is it in "
                               f"its checkpoint_epochs? was resume/ deleted?); re-run its pretraining "
-                              f"(snakemake --forcerun pretrain {args.run_dir}/checkpoint.pt)")
+                              f"(snakemake --force {args.run_dir}/checkpoint.pt)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
@@ -338,8 +338,14 @@ def cmd_linear_probe(args) -> int:
 
 
 def cmd_report(args) -> int:
+    if args.what in ("table", "figure"):  # a paper table / figure from its plan (workflow/rules/paper.smk)
+        from cmim.report import render
+
+        return render.main([args.what, "--plan", args.plan, "--out", args.out])
     from cmim.report import tables
 
+    if not args.inputs:
+        raise ConfigError(f"report {args.what}: --inputs is required")
     if args.what == "probe-table":
         tables.probe_table([Path(p) for p in args.inputs], Path(args.out), Path(args.out_csv))
     elif args.what == "eval-table":
@@ -465,14 +471,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_linear_probe)
 
     s = sub.add_parser("report", help="tables and figures")
-    s.add_argument("what", choices=["probe-table", "eval-table", "loss-figure", "epochs-figure", "partial-figure"])
-    s.add_argument("--inputs", nargs="+", required=True)
+    s.add_argument("what", choices=["table", "figure", "probe-table", "eval-table", "loss-figure", "epochs-figure",
+                                    "partial-figure"])
+    s.add_argument("--inputs", nargs="+", help="result files (per-task tables and figures)")
+    s.add_argument("--plan", help="table / figure: the plan as JSON (or @file), as workflow/rules/paper.smk passes it")
     s.add_argument("--out", required=True)
     s.add_argument("--out-csv")
     s.add_argument("--task", help="eval-table: the task whose results these are")
     s.set_defaults(fn=cmd_report)
 
     # --- bench / plan subcommands (cmim.bench, cmim.plan) ---
+    from cmim.bench.cli import add_bench_parser
+    from cmim.plan import add_plan_parser
+
+    add_bench_parser(sub)
+    add_plan_parser(sub)
     # --- end bench / plan ---
     return p
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
 import json
 import re
@@ -69,7 +70,13 @@ def yaml_load(text: str):
 
 
 def schema() -> dict:
-    """The JSON schema (draft 2020-12) shared with the Snakefile: workflow/schemas/config.schema.yaml."""
+    """The JSON schema (draft 2020-12) shared with the Snakefile: workflow/schemas/config.schema.yaml.
+    Parsed once per process (a large study asks for it thousands of times while its DAG is built)."""
+    return copy.deepcopy(_schema())
+
+
+@functools.cache
+def _schema() -> dict:
     text = resources.files("cmim").joinpath("schemas/config.schema.yaml").read_text()
     return yaml.safe_load(text)
 
@@ -284,7 +291,7 @@ def validate(raw: dict, source: str = "config") -> dict:
         config["runs"], config["run_groups"] = expand_seeds(runs, run_defaults.get("seeds"))
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
-    for task, spec in config["evaluations"].items():
+    for spec in config["evaluations"].values():
         if isinstance(spec.get("runs"), list):
             spec["runs"] = expand_names(spec["runs"], config["run_groups"])
         if spec.get("per_run"):
@@ -459,6 +466,7 @@ def _check_semantics(config: dict, raw: dict) -> list[str]:
     if launch["launcher"] != "slurm" and launch["nodes"] > 1:
         problems.append(f"launch.nodes: {launch['nodes']} nodes need launcher: slurm "
                         f"(got {launch['launcher']})")
+    problems += __import__("cmim.report.specs", fromlist=["check"]).check(config)  # tables: / figures: (report)
     return problems
 
 
@@ -494,7 +502,8 @@ def _check_task(config: dict, task: str, spec: dict) -> list[str]:
                 allowed = sorted(set(task_schema["properties"]) - {"runs", "per_run", "dataset"})
                 hint = difflib.get_close_matches(str(key), allowed, n=1)
                 problems.append(f"{where}.per_run.{run_id}.{key}: not a key that can differ per run"
-                                + (f" (did you mean '{hint[0]}'?)" if hint else "") + f"; allowed: {', '.join(allowed)}")
+                                + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                                + f"; allowed: {', '.join(allowed)}")
         partial = {**task_schema, "required": []}
         validator = jsonschema.Draft202012Validator({**partial, "$defs": root["$defs"]})
         for error in validator.iter_errors({k: v for k, v in own.items() if k in task_schema["properties"]}):

@@ -16,6 +16,7 @@ launcher, partition or time limit does not retrain it.
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -74,15 +75,16 @@ class TrainJob:
         self.job_file = str(job_file)
 
     def __call__(self) -> dict:
+        import torch
+
         from cmim.tasks import build_task
         from cmim.train import distributed
         from cmim.train.engine import Trainer
 
-        import torch
-
         job = yaml.safe_load(Path(self.job_file).read_text())
         env = distributed.setup(use_cuda=None)
         log = lambda m: print(m, flush=True)
+        threads = torch.get_num_threads()  # restored below: an in-process job runs in the caller's process
         try:
             if env.device.type == "cpu":
                 torch.set_num_threads(cpu_threads(job.get("cpus_per_task"), env.local_world_size))
@@ -93,6 +95,7 @@ class TrainJob:
             return Trainer(task, RunFiles(Path(job["out_dir"])), env, num_workers=job.get("num_workers", 0),
                            log=log).fit()
         finally:
+            torch.set_num_threads(threads)
             distributed.teardown()
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
@@ -176,15 +179,22 @@ class JobFailed(RuntimeError):
     """A submitted training job ended with an error; its log holds the traceback."""
 
 
+def failure_reason(error: Exception) -> str:
+    """The line of a failed job's error that says why: the job's own exception (`SomeError: ...`)
+    from the traceback submitit relays, else the first line of the message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit)(:|$)", line)]
+    return raised[-1] if raised else (lines[0] if lines else type(error).__name__)
+
+
 def wait_for(job: submitit.Job, name: str, log=print) -> dict:
     """Relay the job's progress until it ends (requeues included); its rank-0 result, or an error with its log."""
     try:
         _follow(job, log)
         results = job.results()
     except Exception as e:
-        last = str(e).strip().splitlines()
-        reason = next((line for line in reversed(last) if line.strip()), type(e).__name__)
-        raise JobFailed(f"training job {job.job_id} of {name} failed: {reason}; its log: {job.paths.stdout}") from e
+        raise JobFailed(f"training job {job.job_id} of {name} failed: {failure_reason(e)}; "
+                        f"its log: {job.paths.stdout}") from e
     return results[0]
 
 

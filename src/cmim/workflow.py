@@ -10,7 +10,15 @@ import json
 import re
 
 from cmim import paths
-from cmim.config import BASELINE_METHODS, DENSE_TASKS, dense_dataset, eval_options, evaluated_runs, resolve_run, validate
+from cmim.config import (
+    BASELINE_METHODS,
+    DENSE_TASKS,
+    dense_dataset,
+    eval_options,
+    evaluated_runs,
+    resolve_run,
+    validate,
+)
 
 READER_FORMAT = {"demo-ade20k": "ade20k", "demo-coco": "coco"}  # demo trees are read as the real thing
 DEMO_TREE = {"demo-ade20k": "ADEChallengeData2016", "demo-coco": "coco"}  # cmim.data.scenes.tree_root
@@ -179,9 +187,12 @@ def checkpoint_of(run: str, ckpt: str) -> str:
 
 
 def checkpoint_epochs(cfg: dict, run: str) -> list[int]:
-    """Saved epochs of a trained run (none for the untrained baselines)."""
+    """Saved epochs of a trained run that need their own evaluation: not the last epoch (the final
+    checkpoint's result stands for it), none for the untrained baselines."""
     resolved = resolve_run(cfg, run)
-    return [] if resolved["method"] in BASELINE_METHODS else sorted(set(resolved["checkpoint_epochs"]))
+    if resolved["method"] in BASELINE_METHODS:
+        return []
+    return sorted(e for e in set(resolved["checkpoint_epochs"]) if e != resolved["epochs"])
 
 
 def features_file(cfg: dict, task: str, run: str, epoch: int | None = None) -> str:

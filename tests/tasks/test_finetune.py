@@ -105,7 +105,8 @@ def test_bad_input_fails_before_training_naming_the_file_or_key(encoder_run, fmn
     with pytest.raises(ValueError, match=r"last 5 blocks: the encoder has 2"):
         make_task(encoder_run, fmnist_shards, blocks=5)
     other = tiny_run("random_init", embed_dim=32)
-    with pytest.raises(CheckpointError, match=r"random_init/checkpoint.pt: the encoder's shape does not match.*embed_dim"):
+    with pytest.raises(CheckpointError,
+                       match=r"random_init/checkpoint.pt: the encoder's shape does not match.*embed_dim"):
         FinetuneTask(other, encoder_run[1], fmnist_shards["train"], fmnist_shards["val"], FinetuneOptions(**FAST), DATA)
     with pytest.raises(CheckpointError, match="missing.pt not found"):
         FinetuneTask(encoder_run[0], tmp_path / "missing.pt", fmnist_shards["train"], fmnist_shards["val"],
@@ -147,7 +148,6 @@ def test_a_finetune_writes_its_result_with_history_and_the_last_epoch_as_the_sco
     assert result["protocol"]["mixup"] == 0.8 and result["training"]["steps"] == 8
 
 
-@pytest.mark.slow
 def test_a_finetune_killed_with_sigkill_resumes_to_the_weights_of_an_uninterrupted_one(encoder_run, fmnist_shards,
                                                                                        tmp_path):
     opts = {"epochs": 3, "checkpoint_every_steps": 1, "eval_every_epochs": 0}

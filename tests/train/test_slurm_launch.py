@@ -1,4 +1,4 @@
-"""Training on a real (local, single-node) SLURM cluster: submitit launcher, preemption, Snakemake's executor."""
+"""Training on a real local SLURM cluster: submitit launcher (one node, two nodes), preemption, Snakemake's executor."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ from test_engine import INPROCESS, encoder_weights, train, write_run
 
 from cmim.launch import submit_pretrain, wait_for
 from cmim.paths import RunFiles
-from tiny import tiny_run
-from slurm_cluster import sacct
-from tiny import ROOT, tiny_config, write_config
+from slurm_cluster import multi_node_partition, sacct
+from tiny import ROOT, tiny_config, tiny_run, write_config
 
 pytestmark = pytest.mark.slurm
 
@@ -24,6 +23,11 @@ pytestmark = pytest.mark.slurm
 def slurm_launch(cluster: dict, **kw) -> dict:
     return {**INPROCESS, "launcher": "slurm", "partition": cluster["partition"], "account": cluster["account"],
             "timeout_min": 60, "cpus_per_task": 1, **kw}
+
+
+# The uninterrupted reference runs as the SLURM jobs do (cpus_per_task 1: one intra-op thread, no
+# loader worker): a different thread count reorders float reductions, and bitwise equality is the claim.
+REFERENCE = {**INPROCESS, "cpus_per_task": 1}
 
 
 def settled_states(job_id: str) -> list[str]:
@@ -42,6 +46,29 @@ def test_ddp_pretrain_runs_as_a_slurm_job(tmp_path, fmnist_shards, slurm_cluster
     assert settled_states(job.job_id)[-1] == "COMPLETED"
     sbatch = Path(job.paths.submission_file).read_text()
     assert "#SBATCH --signal=USR2@120" in sbatch and "#SBATCH --ntasks-per-node=2" in sbatch
+
+
+def test_two_node_pretraining_matches_one_process(tmp_path, fmnist_shards, slurm_cluster):
+    """launch: {launcher: slurm, nodes: 2} on the network nodes, 1 gloo rank per node x 32 images =
+    1 rank x 64: the same samples per step, a matching loss trajectory (as for local DDP)."""
+    from cmim.launch import launch_pretrain
+
+    partition = multi_node_partition(slurm_cluster)
+    run = tiny_run("mae", epochs=3, checkpoint_epochs=[])
+    one = train(tmp_path / "one", fmnist_shards, run)
+    out = tmp_path / "two" / "mae"
+    launch = slurm_launch(slurm_cluster, partition=partition, nodes=2, tasks_per_node=1, cpus_per_task=1)
+    launch_pretrain(write_run(tmp_path / "two", run), fmnist_shards["train"], out, launch, "mae", log=lambda m: None)
+    s1, s2 = (json.loads(f.read_text()) for f in (one.summary, RunFiles(out).summary))
+    assert s1["world_size"] == 1 and s2["world_size"] == 2
+    assert s1["images_seen"] == s2["images_seen"] == 18 * 64
+    l1, l2 = ([json.loads(r)["total"] for r in f.read_text().splitlines()]
+              for f in (one.metrics, RunFiles(out).metrics))
+    assert len(l1) == len(l2) == 9 and l2[-1] < l2[0]
+    rel = [abs(a - b) / a for a, b in zip(l1, l2)]
+    assert max(rel) < 0.1, f"loss trajectories differ by up to {max(rel):.1%}: {l1} vs {l2}"
+    job_id = next(p.name for p in RunFiles(out).submitit.iterdir() if p.name.isdigit())
+    assert sacct(job_id, fields=("State", "NodeList"))[-1] == {"State": "COMPLETED", "NodeList": "cmim-n[1-2]"}
 
 
 def submit_and_interrupt(tmp_path, fmnist_shards, cluster, run: dict, timeout: bool, **launch):
@@ -66,7 +93,7 @@ def submit_and_interrupt(tmp_path, fmnist_shards, cluster, run: dict, timeout: b
 def test_interrupted_slurm_job_is_requeued_and_finishes_from_its_checkpoint(tmp_path, fmnist_shards, slurm_cluster,
                                                                             timeout, limit_min):
     run = tiny_run("mae", epochs=12, checkpoint_every_steps=100, checkpoint_epochs=[])  # 72 steps: a few seconds
-    reference = train(tmp_path / "ref", fmnist_shards, run)
+    reference = train(tmp_path / "ref", fmnist_shards, run, REFERENCE)
     job, out = submit_and_interrupt(tmp_path, fmnist_shards, slurm_cluster, run, timeout, timeout_min=limit_min)
     wait_for(job, "mae", log=lambda m: None)
     summary = json.loads(RunFiles(out).summary.read_text())
@@ -94,7 +121,7 @@ def test_scontrol_requeue_mid_run_resumes_from_the_newest_state(tmp_path, fmnist
     """An operator's `scontrol requeue`: SIGTERM, SIGKILL after KillWait, no USR2; the job comes back
     and continues from the newest rolling state, ending with the uninterrupted run's weights."""
     run = tiny_run("mae", epochs=40, checkpoint_every_steps=4, checkpoint_epochs=[])  # 240 steps: 5-15 s
-    reference = train(tmp_path / "ref", fmnist_shards, run)
+    reference = train(tmp_path / "ref", fmnist_shards, run, REFERENCE)
     out = tmp_path / "requeued"
     job = submit_pretrain(write_run(tmp_path, run), fmnist_shards["train"], out, slurm_launch(slurm_cluster),
                           "mae", log=lambda m: None)

@@ -17,6 +17,7 @@ individual docstrings for the two deliberate differences (blur kernel size, refl
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -93,10 +94,20 @@ def to_unit(images: Tensor) -> Tensor:
     return images.to(torch.float32).div_(255.0)
 
 
+@functools.lru_cache(maxsize=256)
+def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A small read-only constant on `device`, built once. Built from a Python list on every call it
+    would be copied from pageable host memory, and that copy synchronises a CUDA stream with the
+    host: the CPU could no longer queue the next kernels while the GPU works. Made outside inference
+    mode, so a constant first built by an evaluation can serve training too."""
+    with torch.inference_mode(False):
+        return torch.tensor(values, dtype=dtype, device=device)
+
+
 def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """Per-channel (x - mean) / std over dim -3 of [..., 3, H, W]; same arithmetic as torchvision's."""
-    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    mean_t = _constant(tuple(float(m) for m in mean), x.dtype, x.device).view(-1, 1, 1)
+    std_t = _constant(tuple(float(v) for v in std), x.dtype, x.device).view(-1, 1, 1)
     if mean_t.numel() != x.shape[-3] or std_t.numel() != x.shape[-3]:
         raise ValueError(f"mean/std need {x.shape[-3]} values, got {len(mean)} and {len(std)}")
     return (x - mean_t) / std_t
@@ -176,25 +187,30 @@ def _adjust_hue(x: Tensor, shifts: Tensor) -> Tensor:
     k = (n + 6 h) mod 6, n = 5, 3, 1 for r, g, b, which equals torchvision's six-sector table.
     """
     r, g, b = x.unbind(dim=1)
-    minc, maxc = torch.aminmax(x, dim=1)                    # [B, H, W]
+    maxc = torch.maximum(torch.maximum(r, g), b)            # [B, H, W]; = aminmax over dim 1, which is
+    minc = torch.minimum(torch.minimum(r, g), b)            # a slow strided reduction on CPU
     chroma = maxc - minc
-    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))  # grey pixels: hue is moot
+    safe = torch.where(chroma > 0, chroma, 1.0)             # grey pixels: hue is moot
     h6 = torch.where(maxc == r, (g - b) / safe,
                      torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4))  # hue * 6
     h6.add_(6 * _per_sample(shifts, x).squeeze(1))
-    n = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    n = _constant((5.0, 3.0, 1.0), x.dtype, x.device).view(1, 3, 1, 1)
     k = (n + h6.unsqueeze(1)).remainder_(6)                 # [B, 3, H, W]
     weight = torch.minimum(k, 4 - k).clamp_(0, 1)
     return weight.mul_(-chroma.unsqueeze(1)).add_(maxc.unsqueeze(1))  # max - chroma * weight
 
 
 def _jitter_step(x: Tensor, ops: Tensor, factors: Tensor, active: Tensor) -> Tensor:
-    """One brightness/contrast/saturation step where each sample applies its own op ids [B]."""
+    """One brightness/contrast/saturation step where each sample applies its own op ids [B].
+
+    Samples that sit this step out blend with factor 1: x * 1 + target * 0 is x exactly, and the
+    clamp leaves x alone (in [0, 1]), so no select of the whole batch is needed.
+    """
     gray = _gray(x)                                          # [B, 1, H, W]
     mean = gray.mean(dim=(1, 2, 3), keepdim=True)
     op = ops.view(-1, 1, 1, 1)
-    target = torch.where(op == SATURATION, gray, torch.where(op == CONTRAST, mean, torch.zeros_like(mean)))
-    return torch.where(active.view(-1, 1, 1, 1), _blend(x, target, factors), x)
+    target = torch.where(op == SATURATION, gray, torch.where(op == CONTRAST, mean, 0.0))   # brightness: 0
+    return _blend(x, target, torch.where(active, factors, 1.0))
 
 
 def _color_jitter(x: Tensor, factors: Tensor, order: Tensor, active: Tensor,
@@ -212,7 +228,7 @@ def _color_jitter(x: Tensor, factors: Tensor, order: Tensor, active: Tensor,
     position = order.argsort(dim=1)                          # [B, 4] where each op comes
     blend_order = position[:, :HUE].argsort(dim=1)           # [B, 3] b/c/s ops in the sample's order
     hue_at = position[:, HUE]                                # how many blend ops come before hue
-    blend_enabled = torch.tensor(enabled[:HUE], device=x.device)
+    blend_enabled = _constant(tuple(bool(e) for e in enabled[:HUE]), torch.bool, x.device)
     for before_hue in (True, False):
         if any(enabled[:HUE]):
             for j in range(3):
@@ -233,8 +249,9 @@ def _jitter_params(batch: int, brightness: float, contrast: float, saturation: f
                          f"{(brightness, contrast, saturation, hue)}")
     active = _coin(batch, p, device)
     u = torch.rand(batch, 4, device=device)
-    lo = torch.tensor([max(0.0, 1 - s) for s in (brightness, contrast, saturation)] + [-hue], device=device)
-    hi = torch.tensor([1 + s for s in (brightness, contrast, saturation)] + [hue], device=device)
+    device = torch.device(device)
+    lo = _constant(tuple(max(0.0, 1 - s) for s in (brightness, contrast, saturation)) + (-hue,), torch.float32, device)
+    hi = _constant(tuple(1 + s for s in (brightness, contrast, saturation)) + (hue,), torch.float32, device)
     factors = lo + (hi - lo) * u
     order = torch.rand(batch, 4, device=device).argsort(dim=1)  # a uniform random permutation each
     return factors, order, active
@@ -278,7 +295,8 @@ def _gaussian_blur(x: Tensor, sigmas: Tensor, kernel_size: int, flags: Tensor | 
     """Blur sample i with a separable Gaussian of sigmas[i] pixels, kernel_size taps, reflect padding.
 
     The whole batch goes through one depthwise conv per axis on [1, B*3, H, W] with B*3 kernels;
-    flags [B] (default all) picks the samples that get the blurred result.
+    flags [B] (default all) picks the samples that get the blurred result. The result is clamped
+    to [0, 1]: the kernel sums to 1, but the float sum can exceed the brightest input by rounding.
     """
     _check(x)
     bsz, chans, height, width = x.shape
@@ -289,7 +307,7 @@ def _gaussian_blur(x: Tensor, sigmas: Tensor, kernel_size: int, flags: Tensor | 
     out = F.pad(x.reshape(1, bsz * chans, height, width), (half, half, half, half), mode="reflect")
     out = F.conv2d(out, kernel.view(-1, 1, kernel_size, 1), groups=bsz * chans)   # along H
     out = F.conv2d(out, kernel.view(-1, 1, 1, kernel_size), groups=bsz * chans)   # along W
-    out = out.view(bsz, chans, height, width)
+    out = out.view(bsz, chans, height, width).clamp_(0, 1)   # a convex sum may round 1-2 ulp past 1
     return out if flags is None else torch.where(flags.view(-1, 1, 1, 1), out, x)
 
 

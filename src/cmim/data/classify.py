@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
-from torchvision.transforms.v2 import functional as F
 
 from cmim.data import loader as L
 from cmim.data.views import ViewSpec
@@ -68,16 +67,17 @@ def _seeded(fn, image: Image.Image, seed: int) -> Image.Image:
         np.random.set_state(saved_np)
 
 
-def finetune_view(image: Image.Image, view: ViewSpec, hflip_prob: float, augment, rng: np.random.Generator) -> torch.Tensor:
+def finetune_view(image: Image.Image, view: ViewSpec, hflip_prob: float, augment,
+                  rng: np.random.Generator) -> torch.Tensor:
     """uint8 [3, S, S]: RandomResizedCrop (bicubic) -> horizontal flip -> RandAugment."""
     top, left, h, w = L.random_crop_box(image.width, image.height, view, rng)
-    size = [view.crop_size, view.crop_size]
-    crop = F.resized_crop(image, top, left, h, w, size, interpolation=L._INTERP[view.interpolation])
+    s = view.crop_size
+    crop = image.crop((left, top, left + w, top + h)).resize((s, s), L._PIL_INTERP[view.interpolation])
     if rng.random() < hflip_prob:
-        crop = F.horizontal_flip(crop)
+        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if augment is not None:
         crop = _seeded(augment, crop, int(rng.integers(2**31)))
-    return F.pil_to_tensor(crop)
+    return L.pil_to_uint8(crop)
 
 
 def _finetune_transform(src: Iterator, view: ViewSpec, hflip_prob: float, augment, seed: int, epoch: int,

@@ -27,6 +27,12 @@ TASK_NAME = re.compile(r"^(?P<base>linear_probe|knn|finetune|partial_finetune-k(
                        r"(?:-ep(?P<epoch>\d+))?$")
 
 
+def encoder_label(spec: dict) -> str:
+    """A short name of an encoder's shape: ViT d<depth> w<width> h<heads> p<patch> @<image size>."""
+    return (f"ViT d{spec['depth']} w{spec['embed_dim']} h{spec['num_heads']} p{spec['patch_size']} "
+            f"@{spec['img_size']}")
+
+
 def checkpoint_info(path: Path, ckpt: dict, sha256: str) -> dict:
     return {"path": str(path), "sha256": sha256, "epoch": ckpt.get("epoch"), "step": ckpt.get("step")}
 

@@ -121,7 +121,8 @@ def freeze_all_but_last(vit: nn.Module, k: int) -> None:
     """Partial finetuning: only the last k blocks, the final norm / fc_norm and the head train."""
     depth = len(vit.blocks)
     if not 0 <= k <= depth:
-        raise ValueError(f"partial finetuning of the last {k} blocks: the encoder has {depth}; choose 0 <= k <= {depth}")
+        raise ValueError(f"partial finetuning of the last {k} blocks: the encoder has {depth}; "
+                         f"choose 0 <= k <= {depth}")
     vit.requires_grad_(False)
     for block in vit.blocks[depth - k:]:
         block.requires_grad_(True)
@@ -182,7 +183,8 @@ class FinetuneModel(nn.Module):
 class FinetuneTask(TrainTask):
     name = "finetune"
 
-    def __init__(self, run: dict, checkpoint_path: Path, train_manifest: Path, val_manifest: Path, opts: FinetuneOptions,
+    def __init__(self, run: dict, checkpoint_path: Path, train_manifest: Path, val_manifest: Path,
+                 opts: FinetuneOptions,
                  data: dict, *, blocks: int | None = None, result_path: Path | None = None,
                  checkpoint_sha256: str | None = None) -> None:
         self.run, self.opts, self.data, self.blocks = run, opts, data, blocks
@@ -244,6 +246,12 @@ class FinetuneTask(TrainTask):
 
     def num_train_samples(self) -> int:
         return self.train_manifest["num_samples"]
+
+    def analytic_flops_per_image(self, global_batch: int) -> float | None:
+        from cmim.train.flops import classifier_flops
+
+        spec = self.run["encoder"]
+        return classifier_flops(spec, len(self.classes), self.blocks, self.data["image_size"]).counted()
 
     # ------------------------------------------------------------------ data
     def train_batches(self, ctx: Context, epoch: int, micro_batch: int, num_batches: int):

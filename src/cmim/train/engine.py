@@ -34,7 +34,6 @@ from cmim.train import distributed, flops, progress
 from cmim.train.signals import StopFlags
 from cmim.train.task import Context, Plan, TrainTask
 
-
 INPUT_BOUND = 0.25   # a logging window that waits this share of its time on the loader is input-bound
 
 
@@ -60,8 +59,12 @@ def seed_everything(seed: int) -> None:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a `precision` key (None = fp32): auto = bf16 on GPUs and on CPUs with
+    native bf16 (AVX512_BF16 / AMX), fp32 elsewhere (cmim.train.precision says why)."""
     if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        from cmim.train.precision import auto_dtype
+
+        return auto_dtype(device)
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
@@ -270,6 +273,8 @@ class Trainer:
         window = progress.Meter()
         last_saved = resumed_from
         count_flops = self.opts.compile == "off" and env.is_main
+        if not count_flops and env.is_main and meter.flops_per_image is None:
+            meter.flops_per_image = task.analytic_flops_per_image(opts.batch_size)
         meter.start_session()
         try:
             while step < plan.total_steps:
@@ -343,7 +348,8 @@ class Trainer:
         img_s = window.rate()
         if waiting > INPUT_BOUND and not self._warned_input_bound:
             self._warned_input_bound = True
-            self.log(f"[{self.task.describe()}] warning: input-bound: {waiting:.0%} of the last {self.opts.log_every_steps} "
+            self.log(f"[{self.task.describe()}] warning: input-bound: {waiting:.0%} of the last "
+                     f"{self.opts.log_every_steps} "
                      f"steps waited for the data loader ({self.ctx.num_workers} worker(s)); raise launch.num_workers, "
                      f"give the job more cpus_per_task, or pre-resize the shards (datasets.<d>.resize_short_side)")
         eta = (plan.total_steps - step) * self.opts.batch_size / max(meter.session_rate(), 1e-9)

@@ -11,6 +11,8 @@ dispatches to, so on CPU it would silently drop attention (about 4% of a ViT-B M
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch.utils import flop_counter as fc
 
@@ -53,3 +55,183 @@ def mfu(flops_per_image: float | None, images_per_s: float, device: torch.device
     if peak is None or not flops_per_image:
         return None
     return flops_per_image * images_per_s / (peak * world_size)
+
+
+# ----------------------------------------------------------------------------- analytic FLOPs
+#
+# The formulas of the team's GPU notes (multiply-add = 2; LayerNorm, GELU, softmax, losses and the
+# optimiser not counted): a pre-norm ViT block on n tokens of width d with MLP 4d costs
+# 24 d^2 n (qkv 3d^2, proj d^2, fc1 4d^2, fc2 4d^2) + 4 n^2 d (Q K^T and A V) forward. A training step
+# costs 3x its forward (backward = 2x) by convention (MFU); torch's FlopCounterMode books two things
+# differently, so `Flops.counted()` reproduces its number exactly and `Flops.train()` gives the
+# convention: a matmul whose input needs no gradient (the patch embedding of an image, the sigma
+# MLP's first layer, CMAE's q k^T against gradient-free keys) has a 1x backward, and the attention
+# backward is 5 matmuls, 2.5x its forward. Work without backward (the EMA target, frozen blocks) is 1x.
+
+
+
+@dataclass(frozen=True)
+class Flops:
+    """Forward FLOPs of one image, split by how a training step's backward books them."""
+
+    dense: float = 0.0           # matmuls whose input and weight both need gradients
+    no_input_grad: float = 0.0   # matmuls that need only the weight's (or the other side's) gradient
+    attention: float = 0.0       # Q K^T and A V
+    forward_only: float = 0.0    # run without autograd
+
+    def __add__(self, other: Flops) -> Flops:
+        return Flops(self.dense + other.dense, self.no_input_grad + other.no_input_grad,
+                     self.attention + other.attention, self.forward_only + other.forward_only)
+
+    def __mul__(self, k: float) -> Flops:
+        return Flops(self.dense * k, self.no_input_grad * k, self.attention * k, self.forward_only * k)
+
+    __rmul__ = __mul__
+
+    def frozen(self) -> Flops:
+        """The same work without autograd (forward only)."""
+        return Flops(forward_only=self.forward())
+
+    def forward(self) -> float:
+        return self.dense + self.no_input_grad + self.attention + self.forward_only
+
+    def train(self) -> float:
+        """FLOPs of one training step per image by the 3x convention (what MFU divides)."""
+        return 3 * (self.dense + self.no_input_grad + self.attention) + self.forward_only
+
+    def counted(self) -> float:
+        """What torch.utils.flop_counter.FlopCounterMode counts for one forward + backward."""
+        return 3 * self.dense + 2 * self.no_input_grad + 3.5 * self.attention + self.forward_only
+
+
+def linear(n: int, d_in: int, d_out: int) -> Flops:
+    """A Linear on n tokens (its input needs a gradient)."""
+    return Flops(dense=2.0 * n * d_in * d_out)
+
+
+def vit_block(n: int, d: int, mlp_ratio: float = 4.0) -> Flops:
+    """One pre-norm transformer block on n tokens: 24 d^2 n + 4 n^2 d forward at MLP ratio 4."""
+    return Flops(dense=2.0 * n * d * d * (4 + 2 * mlp_ratio), attention=4.0 * n * n * d)
+
+
+def patch_embed(num_patches: int, patch: int, d: int, channels: int = 3) -> Flops:
+    return Flops(no_input_grad=2.0 * num_patches * channels * patch * patch * d)
+
+
+def encoder_flops(spec: dict, kept: int | None = None) -> Flops:
+    """A cmim encoder (config.encoder_spec) on `kept` visible patches + cls (None = all); the patch
+    embedding runs on every patch, as MAE's forward_encoder."""
+    num_patches = (spec["img_size"] // spec["patch_size"]) ** 2
+    tokens = (num_patches if kept is None else kept) + 1
+    return (patch_embed(num_patches, spec["patch_size"], spec["embed_dim"])
+            + spec["depth"] * vit_block(tokens, spec["embed_dim"]))
+
+
+def decoder_flops(num_patches: int, kept: int, d_in: int, dim: int, depth: int, out_dim: int) -> Flops:
+    """MAE's decoder (models.decoder.MaskedDecoder): embed the 1 + kept tokens, blocks and the output
+    Linear on all 1 + L tokens (the cls output is dropped after it)."""
+    return (linear(kept + 1, d_in, dim) + depth * vit_block(num_patches + 1, dim)
+            + linear(num_patches + 1, dim, out_dim))
+
+
+def _num_patches(spec: dict) -> int:
+    return (spec["img_size"] // spec["patch_size"]) ** 2
+
+
+def _kept(length: int, ratio: float) -> int:
+    from cmim.models.masking import num_kept
+
+    return num_kept(length, ratio)
+
+
+def _mae(run: dict, negatives: int) -> Flops:
+    from cmim.methods.mae import MAEOptions
+
+    o, spec = MAEOptions(**run["method_options"]), run["encoder"]
+    length, kept = _num_patches(spec), _kept(_num_patches(spec), o.mask_ratio)
+    return encoder_flops(spec, kept) + decoder_flops(length, kept, spec["embed_dim"], o.decoder_dim,
+                                                     o.decoder_depth, spec["patch_size"] ** 2 * 3)
+
+
+def _projector(kind: str, d: int, out: int) -> Flops:
+    if kind == "mlp2":
+        return linear(1, d, d) + linear(1, d, out)
+    return linear(1, d, 4096) + linear(1, 4096, 4096) + linear(1, 4096, out)   # mlp3_bn
+
+
+def _nt_xent(negatives: int, dim: int) -> Flops:
+    """Per image: its 2 anchors against the 2 N candidates (both sides need gradients)."""
+    return Flops(dense=2.0 * 2 * (2 * negatives) * dim)
+
+
+def _can(run: dict, negatives: int) -> Flops:
+    from cmim.methods.can import CANOptions
+    from cmim.models.heads import SIGMA_SINUSOID_DIM
+
+    o, spec = CANOptions(**run["method_options"]), run["encoder"]
+    d, length = spec["embed_dim"], _num_patches(spec)
+    kept = _kept(length, o.mask_ratio)
+    view = (encoder_flops(spec, kept)
+            + decoder_flops(length, kept, d, o.decoder_dim, o.decoder_depth, spec["patch_size"] ** 2 * 3)
+            + _projector(o.projector, d, o.proj_dim))
+    if o.sigma_embed != "off":   # Linear(128, dim) on a gradient-free sinusoid, then Linear(dim, dim)
+        view = view + Flops(no_input_grad=2.0 * SIGMA_SINUSOID_DIM * o.decoder_dim) + linear(1, o.decoder_dim,
+                                                                                             o.decoder_dim)
+    return 2 * view + _nt_xent(negatives, o.proj_dim)
+
+
+def _cmae(run: dict, negatives: int) -> Flops:
+    from cmim.methods.cmae import CMAEOptions
+
+    o, spec = CMAEOptions(**run["method_options"]), run["encoder"]
+    d, length = spec["embed_dim"], _num_patches(spec)
+    hidden = o.proj_hidden or 2 * d
+    if o.mask_type == "block":
+        side = (spec["img_size"] // spec["patch_size"]) // o.block_size
+        kept = _kept(side * side, o.mask_ratio) * o.block_size ** 2
+    else:
+        kept = _kept(length, o.mask_ratio)
+    projector = linear(1, d, hidden) + linear(1, hidden, o.proj_dim)
+    online = (encoder_flops(spec, kept)
+              + decoder_flops(length, kept, d, o.decoder_dim, o.decoder_depth, spec["patch_size"] ** 2 * 3)
+              + projector + linear(1, o.proj_dim, hidden) + linear(1, hidden, o.proj_dim))
+    if o.feature_decoder:
+        online = online + decoder_flops(length, kept, d, o.decoder_dim, o.feature_decoder_depth, d)
+    target = (encoder_flops(spec) + projector).frozen()
+    logits = Flops(no_input_grad=2.0 * negatives * o.proj_dim)   # q k^T: the keys carry no gradient
+    return online + target + logits
+
+
+def _simclr(run: dict, negatives: int) -> Flops:
+    from cmim.methods.simclr import SimCLROptions
+
+    o, spec = SimCLROptions(**run["method_options"]), run["encoder"]
+    view = encoder_flops(spec) + _projector(o.projector, spec["embed_dim"], o.proj_dim)
+    return 2 * view + _nt_xent(negatives, o.proj_dim)
+
+
+METHOD_FLOPS = {"mae": _mae, "can": _can, "cmae": _cmae, "simclr": _simclr}
+
+
+def method_flops(run: dict, negatives: int) -> Flops:
+    """Per-image FLOPs of a pretraining step of a resolved run (config.resolve_run). `negatives`:
+    the images whose views are contrastive candidates (the global batch when they are gathered)."""
+    if run["method"] not in METHOD_FLOPS:
+        raise ValueError(f"no FLOP model for method {run['method']!r}; known: {sorted(METHOD_FLOPS)}")
+    return METHOD_FLOPS[run["method"]](run, negatives)
+
+
+def classifier_flops(spec: dict, num_classes: int, blocks: int | None = None, image_size: int | None = None) -> Flops:
+    """Per-image FLOPs of a finetuning step (cmim.tasks.finetune): the encoder on every patch + the head.
+
+    blocks = k: partial finetuning, the first depth - k blocks frozen (forward only). The trained
+    blocks' Linears all need input gradients (their LayerNorms train), and so does the head (fc_norm).
+    """
+    spec = dict(spec, img_size=image_size or spec["img_size"])
+    d, depth = spec["embed_dim"], spec["depth"]
+    tokens = _num_patches(spec) + 1
+    head = linear(1, d, num_classes)
+    if blocks is None:
+        return encoder_flops(spec) + head
+    frozen = (patch_embed(_num_patches(spec), spec["patch_size"], d) + (depth - blocks) * vit_block(tokens, d)).frozen()
+    return frozen + blocks * vit_block(tokens, d) + head

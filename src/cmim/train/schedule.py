@@ -11,6 +11,13 @@ def absolute_lr(base_lr: float, batch_size: int) -> float:
     return base_lr * batch_size / 256
 
 
+def base_lr_of(lr: float, batch_size: int) -> float:
+    """base_lr = lr x 256 / batch_size: the inverse of `absolute_lr`. The dense recipes (mmseg's
+    UperNet, detectron2's ViTDet) quote the absolute lr of their batch; stored as a base lr, the loop
+    reaches exactly that lr at that batch (and the same lr at any other: it is absolute)."""
+    return lr * 256 / batch_size
+
+
 def steps_per_epoch(samples_per_epoch: int, batch_size: int) -> int:
     """Optimiser steps per epoch = floor(samples_per_epoch / global batch) (the last partial batch is dropped)."""
     steps = samples_per_epoch // batch_size

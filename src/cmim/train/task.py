@@ -152,7 +152,12 @@ class TrainTask(abc.ABC):
         """Images in one micro-batch (for images/s and FLOPs per image)."""
         return len(batch["images"])
 
-    def after_step(self, progress: float) -> None:
+    def analytic_flops_per_image(self, global_batch: int) -> float | None:
+        """Training FLOPs per image from the analytic formulas (cmim.train.flops), for compiled steps,
+        which torch's FLOP counter cannot trace; None = not modelled (no FLOPs, no MFU reported)."""
+        return None
+
+    def after_step(self, progress: float) -> None:  # noqa: B027 (optional hook)
         """After every optimiser step, progress = step / total_steps (EMA targets)."""
 
     # ------------------------------------------------------------------ outputs
@@ -161,12 +166,12 @@ class TrainTask(abc.ABC):
         evaluations; returned metrics are logged as an `eval` row of metrics.jsonl. All ranks call it."""
         return None
 
-    def export(self, ctx: Context, step: int) -> None:
+    def export(self, ctx: Context, step: int) -> None:  # noqa: B027 (optional hook)
         """Rank 0, at the very end: the job's final model file(s)."""
 
     def evaluate(self, ctx: Context) -> dict | None:
         """All ranks, at the very end: the final score (DDP: each rank scores its share and reduces)."""
         return None
 
-    def write_result(self, ctx: Context, summary: dict, final: dict | None) -> None:
+    def write_result(self, ctx: Context, summary: dict, final: dict | None) -> None:  # noqa: B027 (optional hook)
         """Rank 0, last of all: the job's result file (the declared output of its rule), if it has one."""
