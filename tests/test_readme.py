@@ -102,6 +102,8 @@ def how_to_check(command: str, workdir: Path) -> tuple[list[str] | None, str]:
         return [*argv, *extra, "--directory", str(workdir)], "snakemake"
     if argv[1:3] == ["-m", "cmim"] and argv[3:4] == ["validate"]:
         return argv, "config OK"
+    if argv[1:3] == ["-m", "cmim"] and argv[3:4] == ["plan"]:   # seconds: it reads configs and manifests
+        return argv, "**total**"
     if argv[1:3] == ["-m", "pytest"]:
         return [*argv, "--collect-only"], "collected"
     raise AssertionError(f"README shows `{command}`: tests/test_readme.py does not know how to check it; "
@@ -112,7 +114,7 @@ COMMANDS = readme_commands()
 
 
 def as_param(command: str):
-    quick = "cmim validate" in command or command.startswith("bash scripts/")
+    quick = "cmim validate" in command or command.startswith("bash scripts/") or "--report" in command
     return pytest.param(command, marks=() if quick else pytest.mark.slow)
 
 
