@@ -16,7 +16,7 @@ import torch
 
 from cmim import workflow as W
 from cmim.config import validate
-from tiny import ROOT, tiny_config, write_config
+from tiny import ROOT, fmnist_only, tiny_config, write_config
 
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
@@ -141,7 +141,7 @@ def test_kill_9_of_snakemake_mid_pretrain_then_snakemake_again_resumes(tmp_path)
     """kill -9 of Snakemake and its pretrain job mid-epoch; `--unlock`, `snakemake` again: the run
     resumes from its newest state and ends with the weights of an uninterrupted run (CPU, same seed)."""
     cfg = tiny_config()
-    cfg["datasets"] = {"fmnist": cfg["datasets"]["fmnist"]}
+    fmnist_only(cfg)
     cfg["run_defaults"].update(epochs=6, checkpoint_epochs=[])  # 36 steps, a state every 4
     target = "results/pretrain/mae/checkpoint.pt"
     reference, killed = tmp_path / "reference", tmp_path / "killed"

@@ -62,6 +62,14 @@ def tiny_config(methods=("mae",), **launch) -> dict:
     return cfg
 
 
+def fmnist_only(cfg: dict) -> dict:
+    """The config without the scene datasets, and so without the dense tasks that read them."""
+    cfg["datasets"] = {"fmnist": cfg["datasets"]["fmnist"]}
+    for task in ("ade20k", "coco"):
+        cfg["evaluations"].pop(task, None)
+    return cfg
+
+
 def write_config(path: Path, cfg: dict) -> Path:
     path.write_text(yaml.safe_dump(copy.deepcopy(cfg), sort_keys=False))
     return path

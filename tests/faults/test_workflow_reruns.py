@@ -22,7 +22,7 @@ import yaml
 from PIL import Image
 
 from fault_runs import RUN
-from tiny import ROOT, tiny_config, write_config
+from tiny import ROOT, fmnist_only, tiny_config, write_config
 
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 TARGETS = ["results/tables/linear_probe.md", "results/tables/linear_probe.csv", "results/figures/pretrain_loss.png"]
@@ -58,7 +58,7 @@ def nothing_to_do(result: subprocess.CompletedProcess) -> bool:
 def small_study() -> dict:
     """tests/tiny.py's study cut to one trained run, one baseline and the linear probe (8 steps each)."""
     cfg = tiny_config()
-    cfg["datasets"] = {"fmnist": cfg["datasets"]["fmnist"]}
+    fmnist_only(cfg)
     cfg["run_defaults"].update(RUN)
     cfg["runs"] = {"mae": cfg["runs"]["mae"], "random_init": {"method": "random_init"}}
     cfg["evaluations"] = {"linear_probe": cfg["evaluations"]["linear_probe"]}

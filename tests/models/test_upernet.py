@@ -17,17 +17,12 @@ from cmim.models.upernet import (
     window_starts,
 )
 from cmim.models.vit import build_encoder, downstream_encoder
+from dense_jobs import one_thread
 
 K = 5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions on a shared 2-core machine run several times faster on one intra-op thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+_one_thread = pytest.fixture(autouse=True)(one_thread)
 
 
 def _model(patch: int = 8, size: int = 32, depth: int = 2, dynamic: bool = False, **kw) -> UperNet:

@@ -10,15 +10,9 @@ from torch import nn
 
 from cmim.models.vit import build_encoder, downstream_encoder
 from cmim.models.vitdet import SimpleFeaturePyramid, build_mask_rcnn, level_scale_exponents
+from dense_jobs import one_thread
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions on a shared 2-core machine run several times faster on one intra-op thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+_one_thread = pytest.fixture(autouse=True)(one_thread)
 
 
 def _encoder(patch: int, dim: int = 32, depth: int = 1, size: int = 64):

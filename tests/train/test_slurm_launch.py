@@ -15,7 +15,7 @@ from test_engine import INPROCESS, encoder_weights, train, write_run
 from cmim.launch import submit_pretrain, wait_for
 from cmim.paths import RunFiles
 from slurm_cluster import multi_node_partition, sacct
-from tiny import ROOT, tiny_config, tiny_run, write_config
+from tiny import ROOT, fmnist_only, tiny_config, tiny_run, write_config
 
 pytestmark = pytest.mark.slurm
 
@@ -142,7 +142,7 @@ def test_scontrol_requeue_mid_run_resumes_from_the_newest_state(tmp_path, fmnist
 
 def test_snakemake_slurm_profile_runs_the_pretrain_rule(tmp_path, slurm_cluster):
     cfg = tiny_config(launcher="local", cpus_per_task=1)
-    cfg["datasets"] = {"fmnist": cfg["datasets"]["fmnist"]}
+    fmnist_only(cfg)
     cfg["runs"] = {"mae": cfg["runs"]["mae"]}
     write_config(tmp_path / "config.yaml", cfg)
     cmd = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(ROOT / "Snakefile"),

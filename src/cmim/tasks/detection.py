@@ -49,7 +49,7 @@ from cmim.models.vitdet import build_mask_rcnn
 from cmim.tasks import transfer
 from cmim.train import checkpoint as ckpt
 from cmim.train import schedule
-from cmim.train.task import Context, LoopOptions, TrainTask
+from cmim.train.task import Context, LoopOptions
 
 RESULT_TASK = "coco"
 MODEL_FORMAT = "cmim-detector-v1"
@@ -161,8 +161,9 @@ class DetectionModel(nn.Module):
                                         layer_decay=self.layer_decay)
 
 
-class DetectionTask(TrainTask):
+class DetectionTask(transfer.DenseTransferTask):
     name = "detection"
+    result_task, eval_only = RESULT_TASK, EVAL_ONLY
 
     def __init__(self, run: dict, checkpoint_path: Path, train_manifest: Path, val_manifest: Path, gt_json: Path,
                  opts: DetectionOptions, data: dict, *, result_path: Path | None = None,
@@ -226,29 +227,6 @@ class DetectionTask(TrainTask):
                    Path(job["gt_json"]), DetectionOptions.from_config(job["options"]), job["data"],
                    result_path=job.get("result"), examples_path=job.get("examples"),
                    checkpoint_sha256=job.get("checkpoint_sha256"))
-
-    # ------------------------------------------------------------------ identity
-    def identity(self) -> dict:
-        """What decides the weights: changing an inference-only key (test-time top-n, thresholds, NMS,
-        detections per image, max_val_samples, examples) resumes the finished state and only re-scores."""
-        from cmim.config import config_hash
-
-        opts = {k: v for k, v in transfer.options_dict(self.opts).items() if k not in EVAL_ONLY}
-        return {"task": RESULT_TASK, "run": config_hash(self.run), "checkpoint": self.checkpoint_sha256,
-                "options": opts, "data": {k: self.data[k] for k in ("mean", "std")},
-                "train": [s["sha256"] for s in self.train_manifest["shards"]]}
-
-    def describe(self) -> str:
-        return f"{self.run['run']}/{RESULT_TASK}"
-
-    def summary_fields(self) -> dict:
-        return {"run": self.run["run"], "method": self.run["method"], "evaluation": RESULT_TASK}
-
-    def manifests(self) -> list:
-        return [self.train_manifest_path, self.val_manifest_path]
-
-    def num_train_samples(self) -> int:
-        return self.train_manifest["num_samples"]
 
     # ------------------------------------------------------------------ data
     def augment(self) -> DetAugment:

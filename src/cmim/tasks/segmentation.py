@@ -49,7 +49,7 @@ from cmim.models.vit import downstream_encoder
 from cmim.tasks import transfer
 from cmim.train import checkpoint as ckpt
 from cmim.train import schedule
-from cmim.train.task import Context, LoopOptions, TrainTask
+from cmim.train.task import Context, LoopOptions
 
 RESULT_TASK = "ade20k"
 MODEL_FORMAT = "cmim-segmenter-v1"
@@ -132,8 +132,9 @@ class SegmentationModel(nn.Module):
                                         layer_decay=self.opts.layer_decay)
 
 
-class SegmentationTask(TrainTask):
+class SegmentationTask(transfer.DenseTransferTask):
     name = "segmentation"
+    result_task, eval_only = RESULT_TASK, EVAL_ONLY
 
     def __init__(self, run: dict, checkpoint_path: Path, train_manifest: Path, val_manifest: Path,
                  opts: SegmentationOptions, data: dict, *, result_path: Path | None = None,
@@ -179,29 +180,6 @@ class SegmentationTask(TrainTask):
         return cls(run, Path(job["checkpoint"]), Path(job["train_manifest"]), Path(job["val_manifest"]),
                    SegmentationOptions.from_config(job["options"]), job["data"], result_path=job.get("result"),
                    examples_path=job.get("examples"), checkpoint_sha256=job.get("checkpoint_sha256"))
-
-    # ------------------------------------------------------------------ identity
-    def identity(self) -> dict:
-        """What decides the weights: a changed eval-only key (test scale, slide window, max_val_samples,
-        examples) or a logging/checkpoint interval resumes the finished state and only re-scores."""
-        from cmim.config import config_hash
-
-        opts = {k: v for k, v in transfer.options_dict(self.opts).items() if k not in EVAL_ONLY}
-        return {"task": RESULT_TASK, "run": config_hash(self.run), "checkpoint": self.checkpoint_sha256,
-                "options": opts, "data": {k: self.data[k] for k in ("mean", "std")},
-                "train": [s["sha256"] for s in self.train_manifest["shards"]]}
-
-    def describe(self) -> str:
-        return f"{self.run['run']}/{RESULT_TASK}"
-
-    def summary_fields(self) -> dict:
-        return {"run": self.run["run"], "method": self.run["method"], "evaluation": RESULT_TASK}
-
-    def manifests(self) -> list:
-        return [self.train_manifest_path, self.val_manifest_path]
-
-    def num_train_samples(self) -> int:
-        return self.train_manifest["num_samples"]
 
     # ------------------------------------------------------------------ data
     def augment(self) -> SegAugment:

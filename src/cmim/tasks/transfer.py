@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cmim.data.loader import read_manifest
 from cmim.train import checkpoint as ckpt
+from cmim.train.task import TrainTask
 
 SELECTION_KEYS = ("runs", "per_run", "dataset")   # evaluations.<task> keys that choose, not configure
 
@@ -70,3 +71,33 @@ def broadcast_from_main(obj, env):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+class DenseTransferTask(TrainTask):
+    """The TrainTask parts both dense tasks share. A subclass sets `result_task` (its result name)
+    and `eval_only` (options that change only the scoring, never the weights); it holds run, opts,
+    data, checkpoint_sha256, train_manifest and the two manifest paths."""
+
+    result_task: str
+    eval_only: tuple[str, ...]
+
+    def identity(self) -> dict:
+        """What decides the weights: a changed eval-only key resumes the finished state and re-scores."""
+        from cmim.config import config_hash
+
+        opts = {k: v for k, v in options_dict(self.opts).items() if k not in self.eval_only}
+        return {"task": self.result_task, "run": config_hash(self.run), "checkpoint": self.checkpoint_sha256,
+                "options": opts, "data": {k: self.data[k] for k in ("mean", "std")},
+                "train": [s["sha256"] for s in self.train_manifest["shards"]]}
+
+    def describe(self) -> str:
+        return f"{self.run['run']}/{self.result_task}"
+
+    def summary_fields(self) -> dict:
+        return {"run": self.run["run"], "method": self.run["method"], "evaluation": self.result_task}
+
+    def manifests(self) -> list:
+        return [self.train_manifest_path, self.val_manifest_path]
+
+    def num_train_samples(self) -> int:
+        return self.train_manifest["num_samples"]
