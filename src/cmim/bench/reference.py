@@ -29,6 +29,7 @@ The projector widths (4096 at ViT-B) scale with the encoder width at other sizes
 
 from __future__ import annotations
 
+import abc
 import copy
 import math
 from functools import partial
@@ -37,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
+
+from cmim.train.engine import compile_model
 
 LN = partial(nn.LayerNorm, eps=1e-6)
 
@@ -132,11 +135,12 @@ def sinusoid(x: Tensor, dim: int) -> Tensor:
     return torch.cat([args.sin(), args.cos()], dim=1)
 
 
-class RefStep(nn.Module):
+class RefStep(nn.Module, abc.ABC):
     """A reference model: forward(*inputs) -> loss; `after_step()` after the optimiser (EMA)."""
 
+    @abc.abstractmethod
     def inputs(self, batch: int, device) -> tuple:
-        raise NotImplementedError
+        """Random inputs of one step for `batch` images on `device`."""
 
     def after_step(self) -> None:
         pass
@@ -284,18 +288,6 @@ def build_reference(name: str, dims: dict) -> RefStep:
     return REFERENCES[name](dims)
 
 
-def compile_reference(model: RefStep, mode: str) -> nn.Module:
-    """regional = Block.compile() on every timm Block; full = torch.compile of the loss module."""
-    if mode == "regional":
-        for module in model.modules():
-            if isinstance(module, Block):
-                module.compile()
-        return model
-    if mode == "full":
-        return torch.compile(model)
-    return model
-
-
 class ReferenceStep:
     """One reference training step: autocast forward, backward, AdamW, zero_grad, EMA."""
 
@@ -303,7 +295,7 @@ class ReferenceStep:
                  compile: str = "off", seed: int = 0) -> None:
         torch.manual_seed(seed)
         self.model = build_reference(name, dims).to(device)
-        self.run = compile_reference(self.model, compile)
+        self.run = compile_model(self.model, compile)   # the engine's own, so both compile alike
         self.device, self.amp = device, amp
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05,
