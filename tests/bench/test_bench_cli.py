@@ -13,6 +13,7 @@ import yaml
 
 from cmim.bench.sizes import PRETRAIN, STEPS, bench_run, size
 from cmim.cli import main
+from cmim.train.precision import auto_dtype
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,6 +24,7 @@ def test_bench_tiny_end_to_end(tmp_path, capsys):
                  "--out", str(out)]) == 0
     blob = json.loads(out.read_text())
     meta, rows = blob["meta"], blob["rows"]
+    expected_precision = "bf16" if auto_dtype(torch.device("cpu")) == torch.bfloat16 else "fp32"
     assert meta["size"] == "tiny" and meta["device_type"] == "cpu" and meta["torch"] == torch.__version__
     assert meta["fused_attn"] is True                      # timm's SDPA attention is on in every block
     assert {"fp32", "bf16"} <= set(blob["ceilings"]) and blob["ceilings"]["fp32"]["tflop_per_s"] > 0
@@ -30,7 +32,8 @@ def test_bench_tiny_end_to_end(tmp_path, capsys):
     for r in rows:
         assert r["loss_finite"] and r["img_per_s"] > 0 and r["steps"] == 2 and r["gflop_per_img"] > 0
         assert r["step_ms_min"] <= r["step_ms_median"] <= r["step_ms_max"] and r["peak_mem_gib"] > 0
-        assert r["mfu_vs_bf16_peak"] is None and r["mfu_vs_ceiling"] > 0 and r["precision"] == "fp32"
+        # precision auto: bf16 on CPUs with native bf16 (AVX512_BF16 / AMX), fp32 elsewhere
+        assert r["mfu_vs_bf16_peak"] is None and r["mfu_vs_ceiling"] > 0 and r["precision"] == expected_precision
         if r["impl"] == "cmim":
             assert r["fused_attn"] is True
             assert r["vs_reference"] > 0 and r["vs_reference_per_flop"] > 0
