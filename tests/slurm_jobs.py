@@ -16,6 +16,8 @@ import submitit
 
 def all_reduce_ranks() -> dict:
     """One task of a torch.distributed job: all_reduce(rank + 1) over gloo; returns what the rank saw."""
+    import socket
+
     import torch
     import torch.distributed as dist
 
@@ -25,7 +27,7 @@ def all_reduce_ranks() -> dict:
         t = torch.tensor([float(env.rank + 1)])
         dist.all_reduce(t)
         return {"rank": env.rank, "world_size": env.world_size, "master_addr": env.master_addr,
-                "sum": t.item()}
+                "sum": t.item(), "host": socket.gethostname()}
     finally:
         dist.destroy_process_group()
 
