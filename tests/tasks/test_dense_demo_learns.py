@@ -22,7 +22,7 @@ from cmim.evals.coco_eval import COCOEvaluator
 from cmim.launch import launch_job
 from cmim.paths import RunFiles
 from cmim.tasks.pretrain import write_baseline
-from cmim.workflow import data_json
+from cmim.workflow import READER_FORMAT, data_json, splits
 from dense_jobs import LAUNCH, one_thread
 
 pytestmark = pytest.mark.slow
@@ -43,22 +43,21 @@ def demo(tmp_path_factory) -> dict:
 
 
 def _scenes(demo: dict, task: str) -> tuple[str, dict]:
-    """The task's demo dataset generated and sharded at the config's sizes -> (dataset name, manifests)."""
+    """The task's demo dataset generated and sharded as the DAG does (its layout and source splits from
+    cmim.workflow) -> (dataset name, {"tree", "train", "val", "gt_json"})."""
     cfg, root = demo["cfg"], demo["root"]
     dataset = cmim_config.dense_dataset(cfg, task)
-    spec = cfg["datasets"][dataset]
-    layout = "coco" if task == "coco" else "ade20k"
-    d = spec["demo"]
+    layout = READER_FORMAT[cfg["datasets"][dataset]["format"]]
+    d = cfg["datasets"][dataset]["demo"]
     scenes.generate(root / "src", layout, n_train=d["n_train"], n_val=d["n_val"], size=d["size"], seed=d["seed"],
                     log=lambda m: None)
     tree = scenes.tree_root(root / "src", layout)
-    sources = {"train": "train2017", "val": "val2017"} if layout == "coco" else {"train": "training",
-                                                                                "val": "validation"}
-    manifests = {}
-    for split, source in sources.items():
-        shard_split(layout, tree, dataset, split, source, root / layout / split, log=lambda m: None)
-        manifests[split] = root / layout / split / "manifest.json"
-    return dataset, {"tree": tree, **manifests}
+    sources = splits(cfg, dataset)
+    out = {"tree": tree, "gt_json": Path(tree) / "annotations" / f"instances_{sources['val']}.json"}
+    for split in ("train", "val"):
+        shard_split(layout, tree, dataset, split, sources[split], root / layout / split, log=lambda m: None)
+        out[split] = root / layout / split / "manifest.json"
+    return dataset, out
 
 
 def _job(demo: dict, task: str, dataset: str, shards: dict, out: Path) -> dict:
@@ -68,7 +67,7 @@ def _job(demo: dict, task: str, dataset: str, shards: dict, out: Path) -> dict:
            "data": json.loads(data_json(demo["cfg"], dataset)), "result": str(out / f"{task}.json"),
            "examples": str(out / f"{task}_examples.png")}
     if task == "coco":
-        job["gt_json"] = str(Path(shards["tree"]) / "annotations" / "instances_val2017.json")
+        job["gt_json"] = str(shards["gt_json"])
     return job
 
 
