@@ -15,8 +15,13 @@ CPU = torch.device("cpu")
 @pytest.fixture
 def detect(monkeypatch):
     """Set what the detection sees: torch's probe result (None = no probe) and the cpuinfo flags."""
-    def set_(probe, flags=frozenset()):
+    def set_(probe, flags=frozenset(), isa_cap=None):
         precision.cpu_has_native_bf16.cache_clear()
+        monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+        if isa_cap is None:
+            monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+        else:
+            monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa_cap)
         monkeypatch.setattr(precision, "_torch_probe", lambda: probe)
         monkeypatch.setattr(precision, "cpuinfo_flags", lambda path=precision.CPUINFO: frozenset(flags))
     yield set_
@@ -36,6 +41,17 @@ def test_auto_picks_bf16_only_on_native_bf16_cpus(detect, probe, flags, native):
     assert autocast_dtype("fp32", CPU) is None and autocast_dtype("bf16", CPU) == torch.bfloat16
 
 
+@pytest.mark.parametrize("cap,native", [
+    ("AVX2", False), ("avx512_core", False), ("AVX512_CORE_VNNI", False),   # below bf16: emulated
+    ("AVX512_CORE_BF16", True), ("AVX512_CORE_AMX", True), ("DEFAULT", True), ("", True),
+])
+def test_a_onednn_isa_cap_below_bf16_turns_native_bf16_off(detect, cap, native):
+    """ONEDNN_MAX_CPU_ISA=AVX2 makes an AMX machine run as an AVX2 one would: auto must then be fp32."""
+    detect(True, isa_cap=cap)
+    assert precision.cpu_has_native_bf16() is native
+    assert autocast_dtype("auto", CPU) == (torch.bfloat16 if native else None)
+
+
 def test_auto_is_bf16_on_gpus_whatever_the_cpu(detect):
     detect(False)
     assert autocast_dtype("auto", torch.device("cuda", 0)) == torch.bfloat16
@@ -51,8 +67,10 @@ def test_cpuinfo_flags_parsing(tmp_path):
     assert "bf16" in precision.cpuinfo_flags(tmp_path / "arm")
 
 
-def test_this_machine_answers():
+def test_this_machine_answers(monkeypatch):
     """The real detection runs (no mock) and agrees with torch's own probe where torch has one."""
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     precision.cpu_has_native_bf16.cache_clear()
     probe = precision._torch_probe()
     assert precision.cpu_has_native_bf16() in (True, False)
