@@ -19,6 +19,7 @@ GAP = 4
 HEADER = 18
 IGNORE_COLOUR = (0, 0, 0)
 MASK_ALPHA = 0.5
+CAPTION_BACKGROUND = (0, 0, 0)
 
 
 def palette(n: int) -> np.ndarray:
@@ -49,9 +50,10 @@ def colour_labels(label: np.ndarray, colours: np.ndarray, ignore_index: int = 25
 
 
 def draw_instances(image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
-                   colours: np.ndarray, scale: float = 1.0) -> Image.Image:
+                   colours: np.ndarray, scale: float = 1.0, captions: list[str] | None = None) -> Image.Image:
     """uint8 [H, W, 3] + bool masks [N, H, W] + xyxy boxes [N, 4] (pixels) + labels [N] (0-based
-    colour index) -> the image, masks blended in, box outlines, enlarged by `scale` (nearest)."""
+    colour index) -> the image, masks blended in, box outlines, enlarged by `scale` (nearest); with
+    `captions`, each box's text on a dark strip at its top-left corner (moved left to stay inside)."""
     canvas = image.astype(np.float32)
     for mask, label in zip(masks, labels):
         canvas[mask] = (1 - MASK_ALPHA) * canvas[mask] + MASK_ALPHA * colours[label]
@@ -61,6 +63,13 @@ def draw_instances(image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, labe
         x0, y0, x1, y1 = (float(v) * scale for v in box)
         draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=tuple(int(c) for c in colours[label]),
                        width=2)
+    for box, label, text in zip(boxes, labels, captions or []):
+        width = draw.textbbox((0, 0), text)[2]
+        x = max(0.0, min(float(box[0]) * scale, im.width - width - 4))     # kept inside the tile
+        y = max(0.0, float(box[1]) * scale)
+        left, top, right, bottom = draw.textbbox((x + 2, y + 1), text)
+        draw.rectangle([left - 2, top - 1, right + 1, bottom + 1], fill=CAPTION_BACKGROUND)
+        draw.text((x + 2, y + 1), text, fill=tuple(int(c) for c in colours[label]))
     return im
 
 

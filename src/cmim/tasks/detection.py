@@ -54,7 +54,8 @@ from cmim.train.task import Context, LoopOptions
 RESULT_TASK = "coco"
 MODEL_FORMAT = "cmim-detector-v1"
 EVAL_BATCH = 4                 # images per inference forward (masks come back at the original size)
-EXAMPLE_SCORE = 0.5            # detections drawn in the examples PNG: score at least this ...
+EXAMPLE_SCORE = 0.5            # detections drawn in the examples PNG: score at least this, or (a young
+                               # detector, no score that high) the best ones, as many as the image has objects
 EXAMPLE_MAX = 20               # ... and at most this many per image
 EVAL_ONLY = ("rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "box_score_thresh", "box_nms_thresh",
              "detections_per_img", "mask_threshold", "max_val_samples", "examples", "checkpoint_every_steps",
@@ -290,9 +291,11 @@ class DetectionTask(transfer.DenseTransferTask):
         return metrics
 
     def _example(self, sample: dict, out: dict) -> dict:
-        keep = (out["scores"] >= EXAMPLE_SCORE).nonzero().flatten()[:EXAMPLE_MAX]
+        objects = sum(not a.get("iscrowd", 0) for a in self.evaluator.gt.imgToAnns.get(sample["image_id"], []))
+        keep = example_detections(out["scores"], objects)
         return {"image": sample["image"], "image_id": sample["image_id"], "boxes": out["boxes"][keep],
-                "labels": out["labels"][keep], "masks": out["masks"][keep, 0] > self.opts.mask_threshold}
+                "labels": out["labels"][keep], "scores": out["scores"][keep],
+                "masks": out["masks"][keep, 0] > self.opts.mask_threshold}
 
     def evaluate(self, ctx: Context) -> dict:
         return self.score(ctx)
@@ -327,7 +330,8 @@ class DetectionTask(transfer.DenseTransferTask):
         results.write(self.result_path, record)
 
     def write_examples(self, path: Path) -> None:
-        """image | ground truth | prediction (score >= 0.5) for the first few val images (rank 0's share)."""
+        """image | ground truth | prediction (see example_detections; each box captioned with its class
+        and score) for the first few val images (rank 0's share)."""
         colours = dense_examples.palette(len(self.classes))
         gt, rows = self.evaluator.gt, []
         for ex in self.examples:
@@ -338,9 +342,22 @@ class DetectionTask(transfer.DenseTransferTask):
             boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
                               for a in anns]).reshape(-1, 4)
             labels = np.array([self.evaluator.category_to_label[a["category_id"]] - 1 for a in anns], int)
+            predicted = ex["labels"].numpy() - 1
+            captions = [f"{self.classes[k]} {score:.2f}" for k, score in zip(predicted, ex["scores"].tolist())]
             s = dense_examples.tile_scale(h, w)
             rows.append([dense_examples.enlarge(image, s),
-                         dense_examples.draw_instances(image, masks, boxes, labels, colours, s),
-                         dense_examples.draw_instances(image, ex["masks"].numpy(), ex["boxes"].numpy(),
-                                                       ex["labels"].numpy() - 1, colours, s)])
-        dense_examples.write_rows(path, rows, ["image", "ground truth", "prediction"])
+                         dense_examples.draw_instances(image, masks, boxes, labels, colours, s,
+                                                       captions=[self.classes[k] for k in labels]),
+                         dense_examples.draw_instances(image, ex["masks"].numpy(), ex["boxes"].numpy(), predicted,
+                                                       colours, s, captions=captions)])
+        dense_examples.write_rows(path, rows, ["image", "ground truth",
+                                               f"prediction (score >= {EXAMPLE_SCORE}, else the best ones)"])
+
+
+def example_detections(scores: torch.Tensor, objects: int) -> torch.Tensor:
+    """Indices of the detections an examples row draws, best first: every one scoring at least
+    EXAMPLE_SCORE, or, when fewer do, the best max(objects, 1) (a short schedule's detector finds
+    the objects at low scores; an empty panel would hide that); never more than EXAMPLE_MAX."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    confident = int((scores >= EXAMPLE_SCORE).sum())
+    return order[:min(EXAMPLE_MAX, max(confident, objects, 1))]
