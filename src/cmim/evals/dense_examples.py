@@ -64,12 +64,11 @@ def draw_instances(image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, labe
         draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=tuple(int(c) for c in colours[label]),
                        width=2)
     for box, label, text in zip(boxes, labels, captions or []):
-        width = draw.textbbox((0, 0), text)[2]
-        x = max(0.0, min(float(box[0]) * scale, im.width - width - 4))     # kept inside the tile
-        y = max(0.0, float(box[1]) * scale)
-        left, top, right, bottom = draw.textbbox((x + 2, y + 1), text)
-        draw.rectangle([left - 2, top - 1, right + 1, bottom + 1], fill=CAPTION_BACKGROUND)
-        draw.text((x + 2, y + 1), text, fill=tuple(int(c) for c in colours[label]))
+        left, top, right, bottom = draw.textbbox((0, 0), text)
+        x = max(0.0, min(float(box[0]) * scale, im.width - right - 4)) + 2   # kept inside the tile
+        y = max(0.0, float(box[1]) * scale) + 1
+        draw.rectangle([x + left - 2, y + top - 1, x + right + 1, y + bottom + 1], fill=CAPTION_BACKGROUND)
+        draw.text((x, y), text, fill=tuple(int(c) for c in colours[label]))
     return im
 
 
