@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -177,6 +178,18 @@ def sacct(job_id: str, until=FINAL_STATES, fields=("State",), history: bool = Fa
         if time.monotonic() > deadline:
             raise AssertionError(f"job {job_id} not in {set(until)} after {timeout}s: {rows or r.stderr}")
         time.sleep(0.2)
+
+
+def task_hosts(job_dir: Path) -> list[str]:
+    """The host of each task of a finished submitit job, by global rank, from its log's start line
+    (`JobEnvironment(... hostname=..., global_rank=...)`): what the tasks saw, not slurmdbd's NodeList,
+    which can lag for a just-ended job."""
+    hosts = {}
+    for log in job_dir.glob("*_log.out"):
+        m = re.search(r"JobEnvironment\(.*hostname=([^,]+),.*global_rank=(\d+)", log.read_text())
+        assert m, f"no submitit start line in {log}"
+        hosts[int(m[2])] = m[1].split(".")[0]
+    return [hosts[r] for r in sorted(hosts)]
 
 
 def multi_node_partition(cluster: dict, nodes: int = 2) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from test_engine import INPROCESS, encoder_weights, train, write_run
 
 from cmim.launch import submit_pretrain, wait_for
 from cmim.paths import RunFiles
-from slurm_cluster import multi_node_partition, sacct
+from slurm_cluster import multi_node_partition, sacct, task_hosts
 from tiny import ROOT, fmnist_only, tiny_config, tiny_run, write_config
 
 pytestmark = pytest.mark.slurm
@@ -73,16 +72,6 @@ def test_two_node_pretraining_matches_one_process(tmp_path, fmnist_shards, slurm
     # each rank on its own node, read from submitit's own start line of each task (slurmdbd's NodeList
     # of a just-ended job has read "cmim-n1" for a moment on a loaded machine)
     assert task_hosts(job_dir) == ["cmim-n1", "cmim-n2"]
-
-
-def task_hosts(job_dir: Path) -> list[str]:
-    """The host of each task of a finished submitit job, by global rank, from its log's start line."""
-    hosts = {}
-    for log in job_dir.glob("*_log.out"):
-        m = re.search(r"JobEnvironment\(.*hostname=([^,]+),.*global_rank=(\d+)", log.read_text())
-        assert m, f"no submitit start line in {log}"
-        hosts[int(m[2])] = m[1].split(".")[0]
-    return [hosts[r] for r in sorted(hosts)]
 
 
 def submit_and_interrupt(tmp_path, fmnist_shards, cluster, run: dict, timeout: bool, **launch):
