@@ -6,6 +6,7 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
+from cmim import paths as P
 from cmim import workflow as W
 from cmim.config import ConfigError
 

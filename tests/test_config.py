@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from cmim import config as C
+from cmim import study as S
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,23 +80,23 @@ def test_run_defaults_sit_between_schema_defaults_and_the_run():
     raw["run_defaults"]["base_lr"] = 1e-3
     raw["runs"]["mae"].update(epochs=2, warmup_epochs=1, checkpoint_epochs=[2])
     cfg = C.validate(raw)
-    run = C.resolve_run(cfg, "mae")
+    run = S.resolve_run(cfg, "mae")
     assert run["base_lr"] == 1e-3          # from run_defaults
     assert run["epochs"] == 2              # the run's own
     assert run["weight_decay"] == 0.05     # schema default
     assert run["method_options"]["mask_ratio"] == 0.75
     assert run["encoder"] == {"embed_dim": 128, "depth": 4, "num_heads": 4, "patch_size": 8, "img_size": 32}
-    assert C.resolve_run(cfg, "random_init")["epochs"] == 0  # baselines are never trained
+    assert S.resolve_run(cfg, "random_init")["epochs"] == 0  # baselines are never trained
 
 
 def test_resolved_config_hash_changes_with_a_hyper_parameter():
     cfg = C.validate(demo())
-    before = C.config_hash(C.resolve_run(cfg, "mae"))
+    before = S.config_hash(S.resolve_run(cfg, "mae"))
     raw = demo()
     raw["runs"]["mae"]["mae"]["mask_ratio"] = 0.5
-    after = C.config_hash(C.resolve_run(C.validate(raw), "mae"))
+    after = S.config_hash(S.resolve_run(C.validate(raw), "mae"))
     assert before != after
-    assert before == C.config_hash(C.resolve_run(C.validate(demo()), "mae"))
+    assert before == S.config_hash(S.resolve_run(C.validate(demo()), "mae"))
 
 
 def test_overrides_parse_yaml_values():
@@ -130,10 +131,10 @@ def test_exponent_floats_are_numbers_in_the_cli_and_in_the_snakefile(tmp_path):
     raw["run_defaults"]["base_lr"] = 0.001
     path.write_text(yaml.safe_dump(raw).replace("base_lr: 0.001", "base_lr: 4e-3"))
     assert "base_lr: 4e-3" in path.read_text()
-    assert C.resolve_run(C.load_config([path]), "mae")["base_lr"] == 4e-3
+    assert S.resolve_run(C.load_config([path]), "mae")["base_lr"] == 4e-3
     for text in ("4e-3", "1.0e6", "1E5"):  # what Snakemake's YAML 1.1 loader hands over: text
         raw["run_defaults"]["base_lr"] = text
-        assert C.resolve_run(C.validate(raw), "mae")["base_lr"] == float(text)
+        assert S.resolve_run(C.validate(raw), "mae")["base_lr"] == float(text)
 
 
 def test_nested_command_line_overrides_are_read_against_the_schema():
@@ -160,4 +161,4 @@ def test_the_readme_examples_are_valid_configs(tmp_path):
         base = [] if "datasets:" in block else [ROOT / "config.yaml"]
         cfg = C.load_config([*base, path])
         for run in cfg["runs"]:
-            C.resolve_run(cfg, run)
+            S.resolve_run(cfg, run)

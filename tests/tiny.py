@@ -77,7 +77,8 @@ def write_config(path: Path, cfg: dict) -> Path:
 
 def tiny_run(method: str = "mae", **overrides) -> dict:
     """A resolved tiny run (32 px, patch 8, 2 blocks of width 64) on the 600-image fmnist split."""
-    from cmim.config import deep_merge, resolve_run, validate
+    from cmim.config import deep_merge, validate
+    from cmim.study import resolve_run
 
     cfg = tiny_config(methods=(method,))
     cfg["runs"][method] = deep_merge(cfg["runs"][method], overrides)

@@ -5,7 +5,8 @@ from the rule's params. Where and how fast training runs (the config's `launch` 
 `--launch` or, for jobs started by Snakemake, from the CMIM_LAUNCH variable the Snakefile sets: it
 is never a tracked parameter, so moving a study to another launcher or partition retrains nothing.
 Heavy imports (torch) happen inside the stage that needs them, so `python -m cmim validate`
-answers in well under a second.
+answers in well under a second. This module parses and dispatches; the work is in the package
+(cmim.evals.frozen, cmim.tasks, cmim.launch, cmim.report, ...).
 
 A user error (bad config, data, checkpoint; a full disk; a NaN loss) ends with one line naming the
 file or key and what to do, and a non-zero exit code; `--debug` (or CMIM_TRACEBACK=1, which the
@@ -22,7 +23,17 @@ import time
 import traceback
 from pathlib import Path
 
-from cmim.config import ConfigError
+import yaml
+
+from cmim import io, workflow
+from cmim.bench.cli import add_bench_parser
+from cmim.config import load_config
+from cmim.errors import ConfigError, UserError
+from cmim.options import SELECTION_KEYS, from_dict
+from cmim.options.evals import FeaturesOptions, KnnOptions, ProbeOptions
+from cmim.plan import add_plan_parser
+from cmim.report import render
+from cmim.study import evaluated_runs, launch_settings, resolve_run
 
 LAUNCH_ENV = "CMIM_LAUNCH"
 
@@ -43,15 +54,11 @@ def log(message: str) -> None:
 
 def launch_block(text: str | None) -> dict:
     """--launch JSON, else $CMIM_LAUNCH, else in-process; defaults filled and checked."""
-    from cmim.config import launch_settings
-
     raw = text if text is not None else os.environ.get(LAUNCH_ENV)
     return launch_settings(_json(raw) if raw else {})
 
 
 def _read_run(path) -> dict:
-    import yaml
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"run config {path} not found; it is written by the run_config rule "
@@ -80,9 +87,7 @@ def _cpu_job(args, manifests=()) -> None:
 
 
 def cmd_validate(args) -> int:
-    from cmim.config import evaluated_runs, load_config
-
-    config = load_config(args.configfile, args.set)
+    config = workflow.load_files(args.configfile, args.set)
     log(f"config OK: {len(config['datasets'])} dataset(s), {len(config['runs'])} run(s), "
         f"evaluations: {', '.join(config['evaluations']) or 'none'}")
     for task in config["evaluations"]:
@@ -91,33 +96,23 @@ def cmd_validate(args) -> int:
 
 
 def cmd_resolve(args) -> int:
-    import yaml
-
-    from cmim import io
-    from cmim.config import load_config, resolve_run
-
     config = load_config(args.configfile, args.set)
     io.write_text(args.out, yaml.safe_dump(resolve_run(config, args.run), sort_keys=True))
     return 0
 
 
 def cmd_write_config(args) -> int:
-    import yaml
-
-    from cmim import io
-
     io.write_text(args.out, yaml.safe_dump(_json(args.json), sort_keys=True))
     return 0
 
 
 def cmd_demo_data(args) -> int:
-    from cmim import io
-    from cmim.data import scenes
+    from cmim.data import scene_trees
 
     layout = {"demo-ade20k": "ade20k", "demo-coco": "coco"}[args.format]
     opts = _json(args.options)
     started = time.perf_counter()
-    summary = scenes.generate(Path(args.root), layout, n_train=opts["n_train"], n_val=opts["n_val"],
+    summary = scene_trees.generate(Path(args.root), layout, n_train=opts["n_train"], n_val=opts["n_val"],
                               size=opts["size"], seed=opts["seed"], log=log)
     io.write_json(args.done, {"layout": layout, "options": opts, "summary": summary})
     log(f"[demo-data] {args.format} in {args.root}: {time.perf_counter() - started:.1f}s")
@@ -150,187 +145,65 @@ def cmd_pretrain(args) -> int:
 
 def cmd_link_epoch(args) -> int:
     """Materialise a run's epoch checkpoint (exported under resume/ while training) as a rule output."""
-    from cmim.errors import CheckpointError
-    from cmim.paths import RunFiles
+    from cmim.train.checkpoint import link_epoch_export
 
-    source = RunFiles(Path(args.run_dir)).resume_epoch_checkpoint(args.epoch)
-    if not source.exists():
-        raise CheckpointError(f"{source} not found: run {args.run_dir} did not save epoch {args.epoch} (is it in "
-                              f"its checkpoint_epochs? was resume/ deleted?); re-run its pretraining "
-                              f"(snakemake --force {args.run_dir}/checkpoint.pt)")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.unlink(missing_ok=True)
-    try:
-        os.link(source, out)           # no second copy of a large encoder
-    except OSError:
-        import shutil
+    link_epoch_export(Path(args.run_dir), args.epoch, Path(args.out), log=log)
+    return 0
 
-        from cmim import io
 
-        with io.atomic_path(out) as tmp:
-            shutil.copyfile(source, tmp)
-    log(f"[epoch checkpoint] {out} -> {source}")
+def _transfer(args, evaluation: str, name: str, **extra) -> int:
+    """A transfer evaluation (finetune, partial finetune, ADE20K, COCO): a training job like pretraining."""
+    from cmim.launch import launch_job
+    from cmim.tasks import transfer_job
+
+    run = _read_run(args.run_config)
+    job = transfer_job(evaluation, run, run_config=args.run_config, checkpoint=args.checkpoint,
+                       train_manifest=args.train_manifest, val_manifest=args.val_manifest,
+                       options=_json(args.options), data=_json(args.data), result=args.result, **extra)
+    launch_job(job, Path(args.out_dir), launch_block(args.launch), f"{run['run']}-{name}", log=log)
     return 0
 
 
 def cmd_finetune(args) -> int:
-    from cmim.launch import launch_job
-    from cmim.train.checkpoint import file_sha256, read_encoder_checkpoint
-
-    run = _read_run(args.run_config)
-    read_encoder_checkpoint(Path(args.checkpoint))  # fail here, before any job starts, on a bad file
-    job = {"task": "finetune", "run_config": args.run_config, "checkpoint": args.checkpoint,
-           "checkpoint_sha256": file_sha256(Path(args.checkpoint)), "train_manifest": args.train_manifest,
-           "val_manifest": args.val_manifest, "options": _json(args.options), "data": _json(args.data),
-           "blocks": args.blocks, "result": args.result}
-    if args.blocks is not None:
-        depth = run["encoder"]["depth"]
-        if not 0 <= args.blocks <= depth:
-            raise ConfigError(f"partial_finetune.blocks: k = {args.blocks} but run {run['run']}'s encoder has "
-                              f"{depth} blocks; choose 0 <= k <= {depth}")
-    name = f"{run['run']}-" + ("finetune" if args.blocks is None else f"partial-k{args.blocks}")
-    launch_job(job, Path(args.out_dir), launch_block(args.launch), name, log=log)
-    return 0
+    if args.blocks is None:
+        return _transfer(args, "finetune", "finetune")
+    return _transfer(args, "partial_finetune", f"partial-k{args.blocks}", blocks=args.blocks)
 
 
 def cmd_dense(args) -> int:
-    """ADE20K segmentation (UperNet) or COCO detection (Mask R-CNN): a training job like pretraining."""
-    from cmim.launch import launch_job
-    from cmim.train.checkpoint import file_sha256, read_encoder_checkpoint
-
-    run = _read_run(args.run_config)
-    read_encoder_checkpoint(Path(args.checkpoint))
-    kind = {"ade20k": "segmentation", "coco": "detection"}[args.task]
-    job = {"task": kind, "run_config": args.run_config, "checkpoint": args.checkpoint,
-           "checkpoint_sha256": file_sha256(Path(args.checkpoint)), "train_manifest": args.train_manifest,
-           "val_manifest": args.val_manifest, "options": _json(args.options), "data": _json(args.data),
-           "result": args.result, "examples": args.examples}
-    if args.task == "coco":
-        if not args.gt_json or not Path(args.gt_json).exists():
-            raise FileNotFoundError(f"the COCO val annotations {args.gt_json} are missing: AP is scored against the "
-                                    f"real instances json; check datasets.<name>.root")
-        job["gt_json"] = args.gt_json
-    launch_job(job, Path(args.out_dir), launch_block(args.launch), f"{run['run']}-{args.task}", log=log)
-    return 0
+    """ADE20K segmentation (UperNet) or COCO detection (Mask R-CNN)."""
+    return _transfer(args, args.task, args.task, examples=args.examples, gt_json=args.gt_json)
 
 
 # ----------------------------------------------------------------------------- frozen evaluations
 
 
-def _frozen_extractor(run: dict, checkpoint: Path):
-    from cmim.evals.features import FeatureExtractor
-    from cmim.train.checkpoint import load_encoder
-
-    encoder, ckpt = load_encoder(checkpoint, expected_spec=run["encoder"])
-    data = run["data"]
-    return FeatureExtractor(encoder, run["probe_feature"], data["mean"], data["std"]), ckpt
-
-
-def _labelled_classes(manifest_path) -> list[str]:
-    from cmim.data.loader import class_names, read_manifest
-
-    classes = class_names(read_manifest(manifest_path))
-    if len(classes) < 2:
-        raise ConfigError(f"{manifest_path}: a frozen evaluation needs a labelled dataset with >= 2 classes, "
-                          f"found {len(classes)}; set evaluations.<task>.dataset to a labelled dataset")
-    return classes
-
-
 def cmd_features(args) -> int:
-    import torch
+    from cmim.evals import frozen
 
-    from cmim.evals.features import extract_split, save_features
-    from cmim.evals.results import checkpoint_info
-    from cmim.train.checkpoint import file_sha256
-
-    run = _read_run(args.run_config)
-    data, opts = _json(args.data), _json(args.options)
     _cpu_job(args, [args.train_manifest, args.val_manifest])
-    classes = _labelled_classes(args.train_manifest)
-    extractor, ckpt = _frozen_extractor(run, Path(args.checkpoint))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    started = time.perf_counter()
-    common = dict(device=device, batch_size=opts["batch_size"], num_workers=_num_workers(args), log=log)
-    train = extract_split(extractor, args.train_manifest, data["image_size"], data["eval_crop_pct"],
-                          max_samples=opts["max_train_samples"], what="train features", **common)
-    val = extract_split(extractor, args.val_manifest, data["image_size"], data["eval_crop_pct"],
-                        max_samples=opts["max_val_samples"], what="val features", **common)
-    save_features(args.out, train=train, val=val, run=run["run"], feature=run["probe_feature"], classes=classes,
-                  dataset=data["dataset"], checkpoint=checkpoint_info(Path(args.checkpoint), ckpt,
-                                                                      file_sha256(Path(args.checkpoint))),
-                  wall_time_s=time.perf_counter() - started)
-    log(f"[features] {run['run']} ({run['probe_feature']}): {len(train[1])} train, {len(val[1])} val, "
-        f"dim {train[0].shape[1]}, {time.perf_counter() - started:.1f}s")
+    opts = from_dict(FeaturesOptions, _json(args.options), "features")
+    frozen.features(_read_run(args.run_config), Path(args.checkpoint), args.train_manifest, args.val_manifest,
+                    _json(args.data), opts, Path(args.out), num_workers=_num_workers(args), log=log)
     return 0
 
 
-def _dataset_info(feats: dict, classes: list[str]) -> dict:
-    return {"name": feats["dataset"], "train_samples": len(feats["train_y"]), "val_samples": len(feats["val_y"]),
-            "num_classes": len(classes)}
-
-
 def cmd_knn(args) -> int:
-    from cmim.evals import results
-    from cmim.evals.features import load_features
-    from cmim.evals.knn import knn_accuracy
+    from cmim.evals import frozen
 
-    run = _read_run(args.run_config)
-    opts = _json(args.options)
-    feats = load_features(args.features)
-    started = time.perf_counter()
-    metrics = knn_accuracy(feats["train_x"], feats["train_y"], feats["val_x"], feats["val_y"], len(feats["classes"]),
-                           k=opts["k"], temperature=opts["temperature"])
-    protocol = {"k": opts["k"], "temperature": opts["temperature"], "similarity": "cosine",
-                "feature": feats["feature"], "features": "centre view"}
-    result = results.record(args.task, run, metrics, protocol=protocol, checkpoint=feats["checkpoint"],
-                            dataset=_dataset_info(feats, feats["classes"]),
-                            wall_time_s=time.perf_counter() - started + feats["wall_time_s"], feature=feats["feature"])
-    results.write(Path(args.out), result)
-    log(f"[knn] {run['run']} {args.task}: top1 {metrics['top1']:.2f}")
+    opts = from_dict(KnnOptions, _json(args.options), "evaluations.knn", ignore=SELECTION_KEYS)
+    frozen.knn(_read_run(args.run_config), args.features, opts, args.task, Path(args.out), log=log)
     return 0
 
 
 def cmd_linear_probe(args) -> int:
-    import torch
+    from cmim.evals import frozen
 
-    from cmim.data.loader import read_manifest
-    from cmim.evals import results
-    from cmim.evals.features import load_features
-    from cmim.evals.linear_probe import LinearProbe, ProbeOptions
-    from cmim.train.checkpoint import file_sha256
-
-    run = _read_run(args.run_config)
-    opts = ProbeOptions.from_config(_json(args.options))
-    data = _json(args.data)
+    opts = from_dict(ProbeOptions, _json(args.options), "evaluations.linear_probe", ignore=SELECTION_KEYS)
     _cpu_job(args, [args.train_manifest, args.val_manifest] if opts.features != "cached" else [])
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    started = time.perf_counter()
-    if opts.features == "cached":
-        feats = load_features(args.features)
-        classes, feature, checkpoint = feats["classes"], feats["feature"], feats["checkpoint"]
-        probe = LinearProbe(None, len(classes), opts, device, data["image_size"], data["eval_crop_pct"], log=log)
-        out = probe.run(cached=(feats["train_x"], feats["train_y"], feats["val_x"], feats["val_y"]))
-        started -= feats["wall_time_s"]
-    else:
-        from cmim.evals.results import checkpoint_info
-
-        classes = _labelled_classes(args.train_manifest)
-        extractor, ckpt = _frozen_extractor(run, Path(args.checkpoint))
-        feature = run["probe_feature"]
-        checkpoint = checkpoint_info(Path(args.checkpoint), ckpt, file_sha256(Path(args.checkpoint)))
-        probe = LinearProbe(extractor, len(classes), opts, device, data["image_size"], data["eval_crop_pct"],
-                            num_workers=_num_workers(args), log=log)
-        out = probe.run(args.train_manifest, args.val_manifest, read_manifest(args.train_manifest)["num_samples"])
-    metrics = {k: out[k] for k in ("top1", "top5") if k in out}
-    result = results.record(
-        args.task, run, metrics, protocol={**opts.__dict__, "feature": feature}, checkpoint=checkpoint,
-        dataset={"name": data["dataset"], "train_samples": out["train_samples"], "val_samples": out["val_samples"],
-                 "num_classes": len(classes)},
-        wall_time_s=time.perf_counter() - started, feature=feature, history=out["history"],
-        feature_dim=out["feature_dim"], steps=out["steps"], lr=out["lr"], batch_size=out["batch_size"])
-    results.write(Path(args.out), result)
-    log(f"[linear probe] {run['run']} {args.task} ({feature}): top1 {metrics['top1']:.2f}")
+    frozen.linear_probe(_read_run(args.run_config), opts, _json(args.data), args.task, Path(args.out),
+                        features_path=args.features, checkpoint=args.checkpoint, train_manifest=args.train_manifest,
+                        val_manifest=args.val_manifest, num_workers=_num_workers(args), log=log)
     return 0
 
 
@@ -339,8 +212,6 @@ def cmd_linear_probe(args) -> int:
 
 def cmd_report(args) -> int:
     if args.what in ("table", "figure"):  # a paper table / figure from its plan (workflow/rules/paper.smk)
-        from cmim.report import render
-
         return render.main([args.what, "--plan", args.plan, "--out", args.out])
     from cmim.report import tables
 
@@ -480,26 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", help="eval-table: the task whose results these are")
     s.set_defaults(fn=cmd_report)
 
-    # --- bench / plan subcommands (cmim.bench, cmim.plan) ---
-    from cmim.bench.cli import add_bench_parser
-    from cmim.plan import add_plan_parser
-
     add_bench_parser(sub)
     add_plan_parser(sub)
-    # --- end bench / plan ---
     return p
-
-
-USER_ERRORS = {"ConfigError", "DataError", "ShardingError", "SourceError", "CheckpointError", "NonFiniteLoss",
-               "RunLocked", "JobFailed"}
 
 
 def is_user_error(e: BaseException) -> bool:
     """Errors caused by input (config, data, checkpoints, the disk), said in one line; anything else is
-    a bug and keeps its traceback. By class name, so an error needs no heavy import to be recognised."""
-    if isinstance(e, (OSError, ValueError)):
-        return True
-    return any(c.__name__ in USER_ERRORS and c.__module__.startswith("cmim.") for c in type(e).__mro__)
+    a bug and keeps its traceback."""
+    return isinstance(e, (UserError, OSError, ValueError))
 
 
 def main(argv: list[str] | None = None) -> int:

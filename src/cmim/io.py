@@ -11,10 +11,13 @@ import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from cmim.errors import UnsafeFile
 
 
 @contextlib.contextmanager
@@ -25,7 +28,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        raise _named(e, path) from None
+        raise named_write_error(e, path) from None
     os.close(fd)
     tmp = Path(tmp)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask like any file
@@ -41,13 +44,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             names = {Path(f) for f in (e.filename, e.filename2) if f}
             if names and not names & {tmp, path}:
                 raise
-            raise _named(e, path) from e
+            raise named_write_error(e, path) from e
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def _named(e: OSError, path: Path) -> OSError:
+def named_write_error(e: OSError, path: Path) -> OSError:
     """The error of writing `path` (not of its hidden temporary file), with what to do."""
     hint = {errno.ENOSPC: "the disk is full: free space and run again",
             errno.EACCES: f"no permission to write in {path.parent}: fix its permissions or write elsewhere",
@@ -110,3 +113,27 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, Path):
         return str(x)
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def torch_load(path: str | Path, *, allow: tuple = (), what: str = "file") -> Any:
+    """torch.load with `weights_only=True`: tensors, containers, numbers and strings, plus exactly the
+    `allow`ed classes (e.g. `argparse.Namespace` of MAE's training checkpoints). A file whose unpickling
+    would call anything else (a pickle's `__reduce__` can run any code) is refused before it runs:
+    `UnsafeFile` names the file and the global it asked for. Every file cmim reads with torch goes
+    through here: resume states, checkpoints, features, released weights."""
+    import pickle
+
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        found = re.search(r"(?:Unsupported global|unsupported GLOBAL|unrecognized function|but got) *:? *(?:GLOBAL )?"
+                          r"([\w.<>' ]+?)(?: was not| whose|$|\n|,)", text)
+        asked = found.group(1).strip() if found else text.splitlines()[-1][:160]
+        raise UnsafeFile(f"{path}: refused to load this {what}: unpickling it would call {asked}, which is not "
+                         f"plain data or tensors (a pickle can run any code); cmim loads only weights from files it "
+                         f"did not write. Re-save the file's tensors (torch.save(state_dict)) where you trust it, and "
+                         f"pass that") from None

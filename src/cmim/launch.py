@@ -24,6 +24,7 @@ import submitit
 import yaml
 
 from cmim import io
+from cmim.errors import JobFailed
 from cmim.paths import RunFiles
 
 
@@ -51,7 +52,7 @@ def verify_policy() -> dict[str, bool]:
 
 def verify_manifests(manifests, log=print) -> None:
     """Hash every shard of each manifest (once per job, before training) unless its dataset opts out."""
-    from cmim.data.loader import read_manifest, verify_shards
+    from cmim.data.manifest import read_manifest, verify_shards
 
     policy = verify_policy()
     for path in dict.fromkeys(str(m) for m in manifests):
@@ -175,10 +176,6 @@ def submit_job(job_file: Path, launch: dict, name: str, log=print) -> submitit.J
     return job
 
 
-class JobFailed(RuntimeError):
-    """A submitted training job ended with an error; its log holds the traceback."""
-
-
 def failure_reason(error: Exception) -> str:
     """The line of a failed job's error that says why: the job's own exception (`SomeError: ...`)
     from the traceback submitit relays, else the first line of the message."""
@@ -226,7 +223,7 @@ def submit_pretrain(run_config: Path, manifest: Path, out_dir: Path, launch: dic
 def launch_pretrain(run_config: Path, manifest: Path, out_dir: Path, launch: dict, run_id: str, log=print) -> dict:
     """Pretrain one run on the configured launcher; the untrained baselines are written here, in seconds."""
     run = yaml.safe_load(Path(run_config).read_text())
-    from cmim.config import BASELINE_METHODS
+    from cmim.study import BASELINE_METHODS
 
     if run["method"] in BASELINE_METHODS:
         from cmim.tasks.pretrain import write_baseline

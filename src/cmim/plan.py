@@ -27,15 +27,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cmim import paths
-from cmim.config import (
-    BASELINE_METHODS,
-    dense_dataset,
-    eval_options,
-    evaluated_runs,
-    load_config,
-    resolve_run,
-    run_method,
-)
+from cmim.config import load_config
+from cmim.options import SELECTION_KEYS, from_dict
+from cmim.options.evals import TASK_OPTIONS
+from cmim.study import BASELINE_METHODS, dense_dataset, eval_options, evaluated_runs, resolve_run, run_method
+from cmim.train.schedule import steps_per_epoch
 
 DEFAULT_GPU = "H100"
 DEFAULT_MFU = 0.30
@@ -157,7 +153,7 @@ class Speeds:
 
 
 def _train_images(epochs: int, samples: int, batch: int) -> int:
-    from cmim.train.schedule import steps_per_epoch
+
 
     return epochs * steps_per_epoch(samples, batch) * batch
 
@@ -193,7 +189,7 @@ def pretrain_job(config: dict, run_id: str, speed, gpus: int, samples) -> Job:
 
 
 def _resolved(config: dict, run_id: str) -> dict:
-    """config.resolve_run, once per run of a plan (it re-reads the schema on every call)."""
+    """study.resolve_run, once per run of a plan (it re-reads the schema on every call)."""
     cache = config.setdefault("_plan_resolved", {})
     if run_id not in cache:
         cache[run_id] = resolve_run({k: v for k, v in config.items() if k != "_plan_resolved"}, run_id)
@@ -208,7 +204,7 @@ def _eval_dataset(config: dict, task: str, run: dict) -> str:
 
 
 def _checkpoints(run: dict, on_epochs: bool) -> list[str]:
-    """'final' + the epoch checkpoints evaluated on their own (as cmim.workflow.checkpoint_epochs)."""
+    """'final' + the epoch checkpoints evaluated on their own (as cmim.study.checkpoint_epochs)."""
     epochs = sorted(e for e in set(run["checkpoint_epochs"]) if e != run["epochs"])
     return ["final"] + ([f"ep{e}" for e in epochs] if on_epochs and run["method"] not in BASELINE_METHODS else [])
 
@@ -252,7 +248,6 @@ def frozen_jobs(config: dict, speed, gpus: int, samples) -> list[Job]:
 
 
 def finetune_jobs(config: dict, task: str, speed, gpus: int, samples) -> list[Job]:
-    from cmim.tasks.finetune import FinetuneOptions
     from cmim.train import flops
 
     jobs = []
@@ -260,7 +255,8 @@ def finetune_jobs(config: dict, task: str, speed, gpus: int, samples) -> list[Jo
         return jobs
     for run_id in evaluated_runs(config, task):
         run = _resolved(config, run_id)
-        opts = FinetuneOptions.from_config(eval_options(config, task, run_id))
+        opts = from_dict(TASK_OPTIONS[task], eval_options(config, task, run_id), f"evaluations.{task}",
+                         ignore=SELECTION_KEYS)
         dataset = _eval_dataset(config, task, run)
         n_train, classes = split_info(config, dataset, "train", samples)
         n_val, _ = split_info(config, dataset, "val", samples)

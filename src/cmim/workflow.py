@@ -8,25 +8,33 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
-from cmim import paths
-from cmim.config import (
-    BASELINE_METHODS,
-    DENSE_TASKS,
-    dense_dataset,
-    eval_options,
-    evaluated_runs,
-    resolve_run,
-    validate,
-)
+from cmim import paths, study
+from cmim.config import load_config, validate
+from cmim.datasets import DEMO_TREE, is_demo, reader_format, splits
+from cmim.errors import ConfigError
+from cmim.report import specs
+from cmim.report import targets as report_targets
 
-READER_FORMAT = {"demo-ade20k": "ade20k", "demo-coco": "coco"}  # demo trees are read as the real thing
-DEMO_TREE = {"demo-ade20k": "ADEChallengeData2016", "demo-coco": "coco"}  # cmim.data.scenes.tree_root
+
+def checked(config: dict, source: str) -> dict:
+    """A validated config whose `tables:` / `figures:` blocks also name real runs, rows and metrics."""
+    problems = specs.check(config)
+    if problems:
+        raise ConfigError(f"{source}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
+    return config
 
 
 def load(config: dict) -> dict:
-    """Validated config with defaults (raises cmim.config.ConfigError naming the offending key)."""
-    return validate(config, source="config")
+    """The Snakefile's config, validated with defaults filled in and its report blocks checked
+    (raises cmim.errors.ConfigError naming every offending key)."""
+    return checked(validate(config, source="config"), "config")
+
+
+def load_files(files: list[str | Path], overrides: list[str] = ()) -> dict:
+    """`python -m cmim validate`: the same checks as the Snakefile, from config files and overrides."""
+    return checked(load_config(files, overrides), ", ".join(str(f) for f in files) or "config")
 
 
 def _json(obj) -> str:
@@ -39,17 +47,6 @@ def alternation(names) -> str:
 
 
 # ----------------------------------------------------------------------------- datasets
-
-
-def splits(cfg: dict, dataset: str) -> dict[str, str]:
-    from cmim.data.sources import default_splits
-
-    ds = cfg["datasets"][dataset]
-    return ds["splits"] or default_splits(READER_FORMAT.get(ds["format"], ds["format"]))
-
-
-def is_demo(cfg: dict, dataset: str) -> bool:
-    return cfg["datasets"][dataset]["format"].startswith("demo-")
 
 
 def source_root(cfg: dict, dataset: str) -> str:
@@ -72,7 +69,7 @@ def shard_params(cfg: dict, dataset: str, split: str) -> dict:
     options = {k: ds[k] for k in ("max_samples", "shard_max_count", "shard_max_bytes", "max_bad_fraction",
                                   "resize_short_side")}
     options["seed"] = cfg["seed"]
-    return {"format": READER_FORMAT.get(ds["format"], ds["format"]), "root": source_root(cfg, dataset),
+    return {"format": reader_format(ds["format"]), "root": source_root(cfg, dataset),
             "source_split": splits(cfg, dataset)[split], "options": _json(options)}
 
 
@@ -87,37 +84,24 @@ def all_manifests(cfg: dict) -> list[str]:
 # ----------------------------------------------------------------------------- runs
 
 
-def resolved_run(cfg: dict, run: str) -> dict:
-    return resolve_run(cfg, run)
-
-
 def resolved_run_text(cfg: dict, run: str) -> str:
     """The run's config as stable text: a change reruns exactly the jobs downstream of this run."""
-    return _json(resolve_run(cfg, run))
+    return _json(study.resolve_run(cfg, run))
 
 
 def train_manifest(cfg: dict, run: str) -> str:
-    return str(paths.manifest(resolve_run(cfg, run)["dataset"], "train"))
+    return str(paths.manifest(study.resolve_run(cfg, run)["dataset"], "train"))
 
 
 def baseline_runs(cfg: dict) -> list[str]:
     """Runs with nothing to train (random_init, raw_pixels): their encoder is written in seconds."""
     method = {r: {**cfg.get("run_defaults", {}), **cfg["runs"][r]}.get("method") for r in cfg["runs"]}
-    return [r for r in cfg["runs"] if method[r] in BASELINE_METHODS]
+    return [r for r in cfg["runs"] if method[r] in study.BASELINE_METHODS]
 
 
 def trained_runs(cfg: dict) -> list[str]:
     baselines = set(baseline_runs(cfg))
     return [r for r in cfg["runs"] if r not in baselines]
-
-
-def launch_json(cfg: dict) -> str:
-    return _json(cfg["launch"])
-
-
-def inprocess_launch_json(cfg: dict) -> str:
-    """The launch block for baselines: never a SLURM allocation or DDP processes for an untrained encoder."""
-    return _json({**cfg["launch"], "launcher": "inprocess"})
 
 
 def pretrain_threads(cfg: dict) -> int:
@@ -167,10 +151,10 @@ def verify_env(cfg: dict) -> str:
 
 
 def eval_dataset(cfg: dict, task: str, run: str) -> str:
-    if task in DENSE_TASKS:
-        return dense_dataset(cfg, task)
+    if task in study.DENSE_TASKS:
+        return study.dense_dataset(cfg, task)
     spec = cfg["evaluations"][task]
-    return spec.get("dataset") or resolve_run(cfg, run)["dataset"]
+    return spec.get("dataset") or study.resolve_run(cfg, run)["dataset"]
 
 
 def data_json(cfg: dict, dataset: str) -> str:
@@ -186,15 +170,6 @@ def checkpoint_of(run: str, ckpt: str) -> str:
     return str(files.checkpoint if ckpt == "final" else files.epoch_checkpoint(int(ckpt[2:])))
 
 
-def checkpoint_epochs(cfg: dict, run: str) -> list[int]:
-    """Saved epochs of a trained run that need their own evaluation: not the last epoch (the final
-    checkpoint's result stands for it), none for the untrained baselines."""
-    resolved = resolve_run(cfg, run)
-    if resolved["method"] in BASELINE_METHODS:
-        return []
-    return sorted(e for e in set(resolved["checkpoint_epochs"]) if e != resolved["epochs"])
-
-
 def features_file(cfg: dict, task: str, run: str, epoch: int | None = None) -> str:
     return str(paths.features(run, eval_dataset(cfg, task, run), "final" if epoch is None else f"ep{epoch}"))
 
@@ -207,9 +182,6 @@ def features_inputs(cfg: dict, run: str, dataset: str, ckpt: str) -> dict[str, s
 def features_options(cfg: dict) -> str:
     return _json(cfg["features"])
 
-
-def _epoch(wildcards) -> int | None:
-    return int(wildcards.epoch) if "epoch" in wildcards.keys() else None
 
 
 def probe_inputs(cfg: dict, run: str, epoch: int | None = None) -> dict[str, str]:
@@ -238,7 +210,7 @@ def knn_inputs(cfg: dict, run: str, epoch: int | None = None) -> dict[str, str]:
 
 def task_options(cfg: dict, task: str, run: str) -> str:
     """This run's protocol of a task (per_run keys applied): a change reruns exactly this evaluation."""
-    return _json(eval_options(cfg, task, run))
+    return _json(study.eval_options(cfg, task, run))
 
 
 def train_eval_inputs(cfg: dict, task: str, run: str) -> dict[str, str]:
@@ -264,22 +236,11 @@ def trained_eval_is_local_rule(cfg: dict) -> bool:
     return pretrain_is_local_rule(cfg)
 
 
-def result_names(cfg: dict, task: str, run: str) -> list[str]:
-    """Result names of one task for one run: the final checkpoint's, plus -ep<E> where asked."""
-    spec = cfg["evaluations"][task]
-    if task == "partial_finetune":
-        return [f"partial_finetune-k{k}" for k in eval_options(cfg, task, run)["blocks"]]
-    names = [task]
-    if spec.get("on_checkpoint_epochs"):
-        names += [f"{task}-ep{e}" for e in checkpoint_epochs(cfg, run)]
-    return names
-
-
 def task_results(cfg: dict, task: str, epochs: bool = False) -> list[str]:
     """Result files of a task over its runs; with `epochs` also the epoch-checkpoint results."""
     out = []
-    for run in evaluated_runs(cfg, task):
-        names = result_names(cfg, task, run)
+    for run in study.evaluated_runs(cfg, task):
+        names = study.result_names(cfg, task, run)
         if not epochs and task != "partial_finetune":
             names = names[:1]
         out += [str(paths.eval_result(run, n)) for n in names]
@@ -315,24 +276,15 @@ def all_targets(cfg: dict) -> list[str]:
     if "linear_probe" in evaluations:
         targets += [str(paths.table("linear_probe", "md")), str(paths.table("linear_probe", "csv"))]
     for task in EVAL_TABLES:
-        if task in evaluations and evaluated_runs(cfg, task):
+        if task in evaluations and study.evaluated_runs(cfg, task):
             targets += [str(paths.table(task, "md")), str(paths.table(task, "csv"))]
-    for task in DENSE_TASKS:
+    for task in study.DENSE_TASKS:
         if task in evaluations:
-            targets += [str(paths.eval_examples(r, task)) for r in evaluated_runs(cfg, task)]
+            targets += [str(paths.eval_examples(r, task)) for r in study.evaluated_runs(cfg, task)]
     if epochs_figure_inputs(cfg):
         targets.append(str(paths.figure("accuracy_vs_epochs")))
-    if "partial_finetune" in evaluations and evaluated_runs(cfg, "partial_finetune"):
+    if "partial_finetune" in evaluations and study.evaluated_runs(cfg, "partial_finetune"):
         targets.append(str(paths.figure("partial_finetune")))
     targets.append(str(paths.figure("pretrain_loss")))
-    targets += report_targets(cfg)
+    targets += report_targets.all_report_targets(cfg)
     return targets
-
-
-def report_targets(cfg: dict) -> list[str]:
-    """The paper tables and figures of the study (cmim.report.targets, when the report is configured)."""
-    try:
-        from cmim.report import targets
-    except ImportError:
-        return []
-    return targets.all_report_targets(cfg)

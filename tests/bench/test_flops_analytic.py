@@ -12,8 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cmim.config import resolve_run, validate
+from cmim.config import validate
 from cmim.methods import build_method
+from cmim.study import resolve_run
 from cmim.train import flops
 
 TOLERANCE = 0.02

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from cmim.cli import main
-from cmim.config import evaluated_runs, load_config
+from cmim.config import load_config
 from cmim.plan import plan_study
+from cmim.study import evaluated_runs
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER = ROOT / "workflow" / "configs" / "paper.yaml"

@@ -18,6 +18,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from cmim.data import augment as A
+from cmim.options import from_dict
 
 B, H, W = 12, 20, 24
 TOL = 1e-5
@@ -273,17 +274,17 @@ def test_normalize_exact():
 
 
 def test_options_from_config():
-    assert A.AugmentOptions.from_config({}) == A.AugmentOptions()
-    opts = A.AugmentOptions.from_config({"color_jitter": [0.8, 0.8, 0.8, 0.2], "blur_prob": 1,
-                                         "crop_scale": [0.08, 1]})
+    assert from_dict(A.AugmentOptions, {}, "augment") == A.AugmentOptions()
+    opts = from_dict(A.AugmentOptions, {"color_jitter": [0.8, 0.8, 0.8, 0.2], "blur_prob": 1,
+                                        "crop_scale": [0.08, 1]}, "augment")
     assert opts.color_jitter == (0.8, 0.8, 0.8, 0.2) and opts.crop_scale == (0.08, 1.0)
     assert opts.blur_prob == 1.0 and isinstance(opts.blur_prob, float)
     with pytest.raises(ValueError, match=r"unknown augment option\(s\) \['blur'\].*blur_prob"):
-        A.AugmentOptions.from_config({"blur": 0.5})
+        from_dict(A.AugmentOptions, {"blur": 0.5}, "augment")
     with pytest.raises(ValueError, match="list of 4 numbers"):
-        A.AugmentOptions.from_config({"color_jitter": [0.4, 0.4]})
+        from_dict(A.AugmentOptions, {"color_jitter": [0.4, 0.4]}, "augment")
     with pytest.raises(ValueError, match="must be a number"):
-        A.AugmentOptions.from_config({"hflip_prob": "0.5"})
+        from_dict(A.AugmentOptions, {"hflip_prob": "0.5"}, "augment")
     with pytest.raises(ValueError, match="grayscale_prob"):
         A.AugmentOptions(grayscale_prob=1.5)
     with pytest.raises(ValueError, match="hue <= 0.5"):
@@ -294,7 +295,7 @@ def test_options_mirror_the_schema():
     from cmim.config import schema
 
     props = schema()["$defs"]["augment"]["properties"]
-    assert A.AugmentOptions.from_config({k: v["default"] for k, v in props.items()}) == A.AugmentOptions()
+    assert from_dict(A.AugmentOptions, {k: v["default"] for k, v in props.items()}, "augment") == A.AugmentOptions()
 
 
 # ----------------------------------------------------------------------------- speed (reported, not asserted)

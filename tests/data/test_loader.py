@@ -12,7 +12,9 @@ import webdataset as wds
 from PIL import Image
 
 from cmim.data import loader as L
+from cmim.data import manifest as M
 from cmim.data.views import ViewSpec, eval_view
+from cmim.errors import DataError
 
 
 def png(value: int, size=(20, 16)) -> bytes:
@@ -98,13 +100,13 @@ def test_random_crop_box_stays_inside_and_in_scale():
 def test_missing_or_truncated_shard_is_named(shards):
     shard = shards.parent / "train-000001.tar"
     shard.write_bytes(shard.read_bytes()[:100])
-    with pytest.raises(L.DataError, match="train-000001.tar.*truncated"):
-        L.read_manifest(shards)
+    with pytest.raises(DataError, match="train-000001.tar.*truncated"):
+        M.read_manifest(shards)
     shard.unlink()
-    with pytest.raises(L.DataError, match="train-000001.tar.*missing"):
-        L.read_manifest(shards)
-    with pytest.raises(L.DataError, match="run the shard step"):
-        L.read_manifest(shards.parent / "nope.json")
+    with pytest.raises(DataError, match="train-000001.tar.*missing"):
+        M.read_manifest(shards)
+    with pytest.raises(DataError, match="run the shard step"):
+        M.read_manifest(shards.parent / "nope.json")
 
 
 def test_corrupt_image_bytes_fail_with_the_sample_key(tmp_path):
@@ -115,7 +117,7 @@ def test_corrupt_image_bytes_fail_with_the_sample_key(tmp_path):
     data = (out / "bad-000000.tar").read_bytes()
     (out / "manifest.json").write_text(json.dumps({"num_samples": 1, "shards": [
         {"file": "bad-000000.tar", "count": 1, "bytes": len(data), "sha256": ""}]}))
-    with pytest.raises(L.DataError, match="broken01"):
+    with pytest.raises(DataError, match="broken01"):
         list(L.eval_loader(out / "manifest.json", eval_view(8, 1.0), batch_size=1))
 
 
@@ -132,25 +134,25 @@ def _set_count(manifest_path, shard_index: int, count: int) -> None:
 
 def test_verify_shards_catches_a_shard_damaged_in_place_at_the_same_size(shards):
     lines = []
-    L.verify_shards(shards, log=lines.append)  # intact: passes, one summary line
+    M.verify_shards(shards, log=lines.append)  # intact: passes, one summary line
     assert len(lines) == 1 and "3 shards" in lines[0] and "sha256 ok" in lines[0]
     shard = shards.parent / "train-000001.tar"
     data = bytearray(shard.read_bytes())
     data[len(data) // 3] ^= 0xFF  # one flipped byte inside a member: same size
     shard.write_bytes(bytes(data))
-    L.read_manifest(shards)  # the cheap size check cannot see it
+    M.read_manifest(shards)  # the cheap size check cannot see it
     want = json.loads(shards.read_text())["shards"][1]["sha256"]
-    with pytest.raises(L.DataError) as err:
-        L.verify_shards(shards, log=lambda m: None)
+    with pytest.raises(DataError) as err:
+        M.verify_shards(shards, log=lambda m: None)
     first = str(err.value).splitlines()[0]
     assert "train-000001.tar" in first and want in first and hashlib.sha256(data).hexdigest() in first
     assert f"delete {shards.parent}" in first and "re-run sharding" in first
 
 
 def test_verify_shards_logs_progress_for_big_splits(shards, monkeypatch):
-    monkeypatch.setattr(L, "VERIFY_PROGRESS_BYTES", 0)  # every split counts as big
+    monkeypatch.setattr(M, "VERIFY_PROGRESS_BYTES", 0)  # every split counts as big
     lines = []
-    L.verify_shards(shards, log=lines.append, workers=2)
+    M.verify_shards(shards, log=lines.append, workers=2)
     progress = [line for line in lines if "ETA" in line]
     assert len(progress) == 3 and progress[-1].startswith(f"[verify] {shards.parent}: 3/3 shards")
     assert "sha256 ok" in lines[-1]
@@ -160,8 +162,8 @@ def test_verify_shards_needs_a_recorded_hash(tmp_path, shards):
     m = json.loads(shards.read_text())
     m["shards"][2]["sha256"] = ""
     shards.write_text(json.dumps(m))
-    with pytest.raises(L.DataError, match=r"train-000002.tar.*no sha256"):
-        L.verify_shards(shards, log=lambda m: None)
+    with pytest.raises(DataError, match=r"train-000002.tar.*no sha256"):
+        M.verify_shards(shards, log=lambda m: None)
 
 
 @pytest.mark.parametrize("count", [11, 9])
@@ -169,7 +171,7 @@ def test_eval_pass_sees_exactly_the_manifest_count_of_each_shard(shards, count):
     """(Loader workers run the same check; torch takes 10 s to shut down an errored loader's workers.)"""
     _set_count(shards, 1, count)
     said = {11: "holds 10 samples, its manifest lists 11", 9: "holds more than the 9 samples its manifest lists"}
-    with pytest.raises(L.DataError, match="train-000001.tar " + said[count]) as err:
+    with pytest.raises(DataError, match="train-000001.tar " + said[count]) as err:
         list(L.eval_loader(shards, eval_view(16, 1.0), batch_size=4))
     assert "re-run sharding" in str(err.value)
 
@@ -180,17 +182,17 @@ def test_train_stream_detects_a_shard_that_runs_out_early_or_late(shards, count)
         _set_count(shards, i, count)
     view = ViewSpec(num_views=1, crop_size=8)
     said = {12: "holds 10 samples, its manifest lists 12", 8: "holds more than the 8 samples its manifest lists"}
-    with pytest.raises(L.DataError, match=r"train-00000\d.tar " + said[count]):
+    with pytest.raises(DataError, match=r"train-00000\d.tar " + said[count]):
         list(L.train_loader(shards, view, batch_size=4, num_batches=20, epoch=0, seed=0, shuffle_buffer=4))
 
 
 def test_the_count_check_leaves_the_streams_unchanged(shards):
     """The same samples in the same order as webdataset's own tarfile_to_samples."""
-    m = L.read_manifest(shards)
-    urls = L.shard_urls(shards, m)
+    m = M.read_manifest(shards)
+    urls = M.shard_urls(shards, m)
     plain = [s["__key__"] for s in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples())]
-    _, checked = L.read_shards(shards)
-    ours = [s["__key__"] for s in wds.DataPipeline(wds.SimpleShardList(urls), L.checked_tar_samples(checked))]
+    _, checked = M.read_shards(shards)
+    ours = [s["__key__"] for s in wds.DataPipeline(wds.SimpleShardList(urls), M.checked_tar_samples(checked))]
     assert ours == plain and len(ours) == 30
 
 
@@ -201,7 +203,7 @@ def test_a_shard_replaced_under_a_running_job_is_an_error(shards):
         shard = shards.parent / f"train-{i:06d}.tar"
         st = shard.stat()
         os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    with pytest.raises(L.DataError, match=r"train-00000\d.tar changed after this job read .*manifest.json.*restart"):
+    with pytest.raises(DataError, match=r"train-00000\d.tar changed after this job read .*manifest.json.*restart"):
         list(it)
 
 
@@ -210,7 +212,7 @@ def test_a_shard_replaced_under_a_running_job_is_an_error(shards):
                                   '"bytes": 1}]}'])
 def test_a_broken_manifest_is_a_data_error_naming_it(shards, text):
     shards.write_text(text)
-    with pytest.raises(L.DataError) as err:
-        L.read_manifest(shards)
+    with pytest.raises(DataError) as err:
+        M.read_manifest(shards)
     first = str(err.value).splitlines()[0]
     assert str(shards) in first and "re-run sharding" in first

@@ -13,9 +13,10 @@ from PIL import Image
 from source_trees import encode, make_ade20k, make_coco, make_imagefolder, write
 
 from cmim.data import fashion_mnist
-from cmim.data import loader as L
+from cmim.data import manifest as M
 from cmim.data import shard as S
 from cmim.data.shard import ShardingError, shard_split
+from cmim.data.shard_writer import ShardWriter
 
 MANIFEST_KEYS = {"dataset", "split", "format", "source_root", "source_split", "seed", "max_samples",
                  "resize_short_side", "num_samples", "fields", "shards", "classes", "skipped", "converted",
@@ -168,19 +169,19 @@ def test_failed_reshard_keeps_the_earlier_output(tmp_path, monkeypatch):
     out = tmp_path / "out"
     good = run(tmp_path / "src", out, shard_max_count=4)  # an earlier, complete run: 3 shards
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    finish = S._ShardWriter._finish
+    finish = ShardWriter._finish
 
     def finish_then_fail(self):
         finish(self)
         if len(self.done) == 1:
             raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(S._ShardWriter, "_finish", finish_then_fail)
+    monkeypatch.setattr(ShardWriter, "_finish", finish_then_fail)
     with pytest.raises(OSError, match="simulated"):
         run(tmp_path / "src", out, shard_max_count=3)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # shards + manifest untouched, no staging
-    assert L.read_manifest(out / "manifest.json") == good
-    L.verify_shards(out / "manifest.json", log=lambda m: None)
+    assert M.read_manifest(out / "manifest.json") == good
+    M.verify_shards(out / "manifest.json", log=lambda m: None)
 
 
 def test_an_interrupted_swap_is_completed_and_stale_staging_removed(tmp_path, monkeypatch):
@@ -214,14 +215,14 @@ def test_an_interrupted_swap_is_completed_and_stale_staging_removed(tmp_path, mo
     def fail(self):
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(S._ShardWriter, "_finish", fail)
+    monkeypatch.setattr(ShardWriter, "_finish", fail)
     lines = []
     with pytest.raises(OSError, match="simulated"):  # a later run that fails ...
         run(tmp_path / "src", out, shard_max_count=4, log=lines.append)
     monkeypatch.undo()
-    new = L.read_manifest(out / "manifest.json")  # ... found the killed swap complete, and finished it first
+    new = M.read_manifest(out / "manifest.json")  # ... found the killed swap complete, and finished it first
     assert [s["count"] for s in new["shards"]] == [2] * 5 and tars(out) == [s["file"] for s in new["shards"]]
-    L.verify_shards(out / "manifest.json", log=lambda m: None)
+    M.verify_shards(out / "manifest.json", log=lambda m: None)
     assert any("interrupted" in line for line in lines)
 
     write(out / ".train.staging" / ".train-000000.tar.99.tmp", b"half a shard of a killed run")

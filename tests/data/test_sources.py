@@ -19,16 +19,10 @@ from source_trees import (
 )
 
 from cmim.data import fashion_mnist
-from cmim.data.sources import (
-    Record,
-    Sample,
-    Skip,
-    SourceError,
-    build_sample,
-    default_splits,
-    open_reader,
-    read_object_info,
-)
+from cmim.data.images import Record, Sample, Skip, build_sample
+from cmim.data.sources import open_reader, read_object_info
+from cmim.datasets import default_splits
+from cmim.errors import SourceError
 
 KEY = re.compile(r"[A-Za-z0-9_-]+")
 

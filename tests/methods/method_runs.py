@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from cmim.config import resolve_run, validate
+from cmim.config import validate
+from cmim.study import resolve_run
 
 FMNIST_MEAN, FMNIST_STD = [0.286] * 3, [0.353] * 3
 TINY_DECODER = {"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}

@@ -6,10 +6,7 @@ import pytest
 
 from cmim.config import schema
 from cmim.methods import METHODS, build_method
-from cmim.methods.can import CANOptions
-from cmim.methods.cmae import CMAEOptions
-from cmim.methods.mae import MAEOptions
-from cmim.methods.simclr import SimCLROptions
+from cmim.options.methods import CANOptions, CMAEOptions, MAEOptions, SimCLROptions
 
 OPTIONS = {"mae": MAEOptions, "can": CANOptions, "cmae": CMAEOptions, "simclr": SimCLROptions}
 
@@ -36,5 +33,6 @@ def test_unknown_option_lists_valid_ones():
 
     run = make_run("mae")
     run["method_options"]["mask_ration"] = 0.5
-    with pytest.raises(ValueError, match="mask_ration.*valid options"):
+    with pytest.raises(ValueError, match=r"runs\.r\.mae: unknown mae option\(s\) \['mask_ration'\]; valid: "
+                                         r".*'mask_ratio'"):
         build_method(run)

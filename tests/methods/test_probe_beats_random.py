@@ -16,7 +16,7 @@ from cmim.evals.linear_probe import LinearProbe, ProbeOptions
 from cmim.models.vit import build_encoder
 from cmim.paths import RunFiles
 from cmim.train import distributed
-from cmim.train.engine import pretrainer
+from pretraining import pretrainer
 from tiny import tiny_run
 
 ARCH = {"embed_dim": 64, "num_heads": 2, "depth": 2, "patch_size": 8, "batch_size": 64, "base_lr": 4e-3,

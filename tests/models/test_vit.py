@@ -4,9 +4,9 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from cmim.config import ARCHS
 from cmim.models.pos_embed import sincos_2d
 from cmim.models.vit import build_encoder, encode_full, encode_visible, pool
+from cmim.study import ARCHS
 
 TINY = {"embed_dim": 64, "depth": 2, "num_heads": 2, "patch_size": 4, "img_size": 32}
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import report_fixtures as F
+from cmim import workflow
 from cmim.config import ConfigError, load_config, validate
 from cmim.report import papers, specs, targets
 from report_fixtures import cached_schema  # noqa: F401 (fixture)
@@ -108,7 +109,7 @@ def test_spec_errors_name_the_key(edit, message):
     raw = F.study_raw()
     edit(raw)
     with pytest.raises(ConfigError) as e:
-        validate(raw)
+        workflow.load(raw)
     assert message in str(e.value)
 
 

@@ -16,13 +16,15 @@ import pytest
 import yaml
 
 from cmim import config as cmim_config
-from cmim.data import scenes
+from cmim import study
+from cmim.data import scene_trees
 from cmim.data.shard import shard_split
+from cmim.datasets import READER_FORMAT, splits
 from cmim.evals.coco_eval import COCOEvaluator
 from cmim.launch import launch_job
 from cmim.paths import RunFiles
 from cmim.tasks.pretrain import write_baseline
-from cmim.workflow import READER_FORMAT, data_json, splits
+from cmim.workflow import data_json
 from dense_jobs import LAUNCH, one_thread
 
 pytestmark = pytest.mark.slow
@@ -35,7 +37,7 @@ def demo(tmp_path_factory) -> dict:
     """config.yaml validated, and a random-init encoder of the demo's shape written as a run export."""
     cfg = cmim_config.load_config([ROOT / "config.yaml"])
     root = tmp_path_factory.mktemp("demo_dense")
-    run = cmim_config.resolve_run(cfg, "random_init")
+    run = study.resolve_run(cfg, "random_init")
     files = RunFiles(root / "random_init")
     write_baseline(run, files, log=lambda m: None)
     (root / "config.yaml").write_text(yaml.safe_dump(run))
@@ -46,12 +48,12 @@ def _scenes(demo: dict, task: str) -> tuple[str, dict]:
     """The task's demo dataset generated and sharded as the DAG does (its layout and source splits from
     cmim.workflow) -> (dataset name, {"tree", "train", "val", "gt_json"})."""
     cfg, root = demo["cfg"], demo["root"]
-    dataset = cmim_config.dense_dataset(cfg, task)
+    dataset = study.dense_dataset(cfg, task)
     layout = READER_FORMAT[cfg["datasets"][dataset]["format"]]
     d = cfg["datasets"][dataset]["demo"]
-    scenes.generate(root / "src", layout, n_train=d["n_train"], n_val=d["n_val"], size=d["size"], seed=d["seed"],
+    scene_trees.generate(root / "src", layout, n_train=d["n_train"], n_val=d["n_val"], size=d["size"], seed=d["seed"],
                     log=lambda m: None)
-    tree = scenes.tree_root(root / "src", layout)
+    tree = scene_trees.tree_root(root / "src", layout)
     sources = splits(cfg, dataset)
     out = {"tree": tree, "gt_json": Path(tree) / "annotations" / f"instances_{sources['val']}.json"}
     for split in ("train", "val"):
@@ -63,7 +65,7 @@ def _scenes(demo: dict, task: str) -> tuple[str, dict]:
 def _job(demo: dict, task: str, dataset: str, shards: dict, out: Path) -> dict:
     job = {"task": "detection" if task == "coco" else "segmentation", "run_config": str(demo["run_config"]),
            "checkpoint": str(demo["checkpoint"]), "train_manifest": str(shards["train"]),
-           "val_manifest": str(shards["val"]), "options": cmim_config.eval_options(demo["cfg"], task, "random_init"),
+           "val_manifest": str(shards["val"]), "options": study.eval_options(demo["cfg"], task, "random_init"),
            "data": json.loads(data_json(demo["cfg"], dataset)), "result": str(out / f"{task}.json"),
            "examples": str(out / f"{task}_examples.png")}
     if task == "coco":

@@ -7,9 +7,8 @@ import dataclasses
 import pytest
 
 from cmim.config import schema
-from cmim.tasks.detection import DetectionOptions
-from cmim.tasks.segmentation import SegmentationOptions
-from cmim.tasks.transfer import SELECTION_KEYS
+from cmim.options import SELECTION_KEYS, from_dict
+from cmim.options.evals import DetectionOptions, SegmentationOptions
 
 OPTIONS = {"ade20k": SegmentationOptions, "coco": DetectionOptions}
 
@@ -40,9 +39,11 @@ def test_paper_defaults_and_the_absolute_lr():
 
 
 def test_unknown_keys_fail_with_the_valid_ones_and_selection_keys_are_ignored():
-    assert SegmentationOptions.from_config({"runs": "all", "dataset": None, "per_run": {}, "iters": 3}).iters == 3
-    assert DetectionOptions.from_config({"anchor_sizes": [8, 16, 32, 64, 128]}).anchor_sizes == (8, 16, 32, 64, 128)
+    block = {"runs": "all", "dataset": None, "per_run": {}, "iters": 3}
+    assert from_dict(SegmentationOptions, block, "evaluations.ade20k", ignore=SELECTION_KEYS).iters == 3
+    opts = from_dict(DetectionOptions, {"anchor_sizes": [8, 16, 32, 64, 128]}, "evaluations.coco")
+    assert opts.anchor_sizes == (8, 16, 32, 64, 128)
     with pytest.raises(ValueError, match=r"unknown ade20k option\(s\) \['crop'\]; valid: .*crop_size"):
-        SegmentationOptions.from_config({"crop": 64})
+        from_dict(SegmentationOptions, {"crop": 64}, "evaluations.ade20k")
     with pytest.raises(ValueError, match=r"unknown coco option\(s\) \['lr_step'\]"):
-        DetectionOptions.from_config({"lr_step": [0.5]})
+        from_dict(DetectionOptions, {"lr_step": [0.5]}, "evaluations.coco")

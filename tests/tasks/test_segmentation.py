@@ -16,8 +16,8 @@ import torch
 import yaml
 from PIL import Image
 
-from cmim.data.dense import SegAugment, segmentation_train_loader
-from cmim.data.loader import DataError
+from cmim.data.segmentation import SegAugment, segmentation_train_loader
+from cmim.errors import DataError
 from cmim.launch import TrainJob, launch_job
 from cmim.paths import RunFiles
 from cmim.tasks.segmentation import SegmentationTask
@@ -95,7 +95,7 @@ def test_every_val_sample_is_scored_once_across_ranks(dense_encoder, dense_shard
             confusions[(rank, world)] = seen.pop()
     finally:
         miou.SegmentationMetric.all_reduce = original
-    from cmim.data.dense import segmentation_eval_samples
+    from cmim.data.segmentation import segmentation_eval_samples
 
     labelled = sum(int((s["label"] != 255).sum()) for s in segmentation_eval_samples(dense_shards["ade20k"]["val"]))
     assert confusions[(0, 1)].sum() == labelled                      # every labelled val pixel, once

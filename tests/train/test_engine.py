@@ -18,7 +18,8 @@ from cmim.launch import launch_pretrain
 from cmim.paths import RunFiles
 from cmim.tasks.pretrain import PretrainTask
 from cmim.train import distributed
-from cmim.train.engine import NonFiniteLoss, pretrainer
+from cmim.train.engine import NonFiniteLoss
+from pretraining import pretrainer
 from tiny import tiny_run
 
 INPROCESS = {"launcher": "inprocess", "nodes": 1, "gpus_per_node": 0, "tasks_per_node": None, "cpus_per_task": 2,

@@ -4,12 +4,13 @@ import math
 
 import pytest
 
+from cmim.options.loop import absolute_lr
 from cmim.train import schedule as S
 
 
 def test_absolute_lr_scales_with_global_batch():
-    assert S.absolute_lr(1.5e-4, 4096) == pytest.approx(2.4e-3)   # MAE / CMAE paper setting
-    assert S.absolute_lr(2.5e-4, 1024) == pytest.approx(1e-3)     # CAN's README command
+    assert absolute_lr(1.5e-4, 4096) == pytest.approx(2.4e-3)   # MAE / CMAE paper setting
+    assert absolute_lr(2.5e-4, 1024) == pytest.approx(1e-3)     # CAN's README command
 
 
 def test_warmup_then_half_cosine():

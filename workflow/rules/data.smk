@@ -3,13 +3,13 @@
 
 rule demo_data:
     output:
-        done="results/demo/{dataset}/generated.json",
+        done=str(P.demo_done("{dataset}")),
     params:
         format=lambda w: CFG["datasets"][w.dataset]["format"],
         options=lambda w: W.demo_options(CFG, w.dataset),
-        root=lambda w: f"results/demo/{w.dataset}",
+        root=lambda w: str(P.demo_root(w.dataset)),
     log:
-        "results/logs/demo_data/{dataset}.log",
+        str(P.log("demo_data", "{dataset}")),
     conda:
         "../../envs/cmim.yaml"
     shell:
@@ -21,15 +21,15 @@ rule shard:
     input:
         lambda w: W.shard_inputs(CFG, w.dataset),
     output:
-        manifest="results/shards/{dataset}/{split}/manifest.json",
+        manifest=str(P.manifest("{dataset}", "{split}")),
     params:
         format=lambda w: W.shard_params(CFG, w.dataset, w.split)["format"],
         root=lambda w: W.shard_params(CFG, w.dataset, w.split)["root"],
         source_split=lambda w: W.shard_params(CFG, w.dataset, w.split)["source_split"],
         options=lambda w: W.shard_params(CFG, w.dataset, w.split)["options"],
-        out_dir=lambda w: f"results/shards/{w.dataset}/{w.split}",
+        out_dir=lambda w: str(P.shard_dir(w.dataset, w.split)),
     log:
-        "results/logs/shard/{dataset}-{split}.log",
+        str(P.log("shard", "{dataset}-{split}")),
     conda:
         "../../envs/cmim.yaml"
     shell:

@@ -14,7 +14,7 @@ rule features:
     input:
         unpack(lambda w: W.features_inputs(CFG, w.run, w.dataset, w.ckpt)),
     output:
-        "results/features/{run}/{dataset}-{ckpt}.pt",
+        str(P.features("{run}", "{dataset}", "{ckpt}")),
     wildcard_constraints:
         ckpt=r"final|ep\d+",
     params:
@@ -22,7 +22,7 @@ rule features:
         options=W.features_options(CFG),
     threads: 2
     log:
-        "results/logs/features/{run}-{dataset}-{ckpt}.log",
+        str(P.log("features", "{run}-{dataset}-{ckpt}")),
     conda:
         "../../envs/cmim.yaml"
     shell:
@@ -35,7 +35,7 @@ rule linear_probe:
     input:
         unpack(lambda w: W.probe_inputs(CFG, w.run)),
     output:
-        "results/eval/{run}/linear_probe.json",
+        str(P.eval_result("{run}", "linear_probe")),
     params:
         options=lambda w: W.task_options(CFG, "linear_probe", w.run),
         data=lambda w: W.data_json(CFG, W.eval_dataset(CFG, "linear_probe", w.run)),
@@ -43,7 +43,7 @@ rule linear_probe:
         task="linear_probe",
     threads: 2
     log:
-        "results/logs/linear_probe/{run}.log",
+        str(P.log("linear_probe", "{run}")),
     conda:
         "../../envs/cmim.yaml"
     shell:
@@ -55,26 +55,26 @@ use rule linear_probe as linear_probe_epoch with:
     input:
         unpack(lambda w: W.probe_inputs(CFG, w.run, int(w.epoch))),
     output:
-        "results/eval/{run}/linear_probe-ep{epoch}.json",
+        str(P.eval_result("{run}", "linear_probe-ep{epoch}")),
     params:
         options=lambda w: W.task_options(CFG, "linear_probe", w.run),
         data=lambda w: W.data_json(CFG, W.eval_dataset(CFG, "linear_probe", w.run)),
         inputs=lambda w, input: W.probe_args(input),
         task=lambda w: f"linear_probe-ep{w.epoch}",
     log:
-        "results/logs/linear_probe/{run}-ep{epoch}.log",
+        str(P.log("linear_probe", "{run}-ep{epoch}")),
 
 
 rule knn:
     input:
         unpack(lambda w: W.knn_inputs(CFG, w.run)),
     output:
-        "results/eval/{run}/knn.json",
+        str(P.eval_result("{run}", "knn")),
     params:
         options=lambda w: W.task_options(CFG, "knn", w.run),
         task="knn",
     log:
-        "results/logs/knn/{run}.log",
+        str(P.log("knn", "{run}")),
     conda:
         "../../envs/cmim.yaml"
     shell:
@@ -86,29 +86,29 @@ use rule knn as knn_epoch with:
     input:
         unpack(lambda w: W.knn_inputs(CFG, w.run, int(w.epoch))),
     output:
-        "results/eval/{run}/knn-ep{epoch}.json",
+        str(P.eval_result("{run}", "knn-ep{epoch}")),
     params:
         options=lambda w: W.task_options(CFG, "knn", w.run),
         task=lambda w: f"knn-ep{w.epoch}",
     log:
-        "results/logs/knn/{run}-ep{epoch}.log",
+        str(P.log("knn", "{run}-ep{epoch}")),
 
 
 rule finetune:
     input:
         unpack(lambda w: W.train_eval_inputs(CFG, "finetune", w.run)),
     output:
-        "results/eval/{run}/finetune.json",
+        str(P.eval_result("{run}", "finetune")),
     params:
         options=lambda w: W.task_options(CFG, "finetune", w.run),
         data=lambda w: W.data_json(CFG, W.eval_dataset(CFG, "finetune", w.run)),
-        out_dir=lambda w: f"results/eval/{w.run}/finetune",
+        out_dir=lambda w: str(P.eval_job_files(w.run, "finetune").root),
         blocks="",
     threads: W.pretrain_threads(CFG)
     resources:
         **W.pretrain_resources(CFG),
     log:
-        "results/logs/finetune/{run}.log",
+        str(P.log("finetune", "{run}")),
     conda:
         "../../envs/cmim.yaml"
     shell:
@@ -121,16 +121,16 @@ use rule finetune as partial_finetune with:
     input:
         unpack(lambda w: W.train_eval_inputs(CFG, "partial_finetune", w.run)),
     output:
-        "results/eval/{run}/partial_finetune-k{k}.json",
+        str(P.eval_result("{run}", "partial_finetune-k{k}")),
     wildcard_constraints:
         k=r"\d+",
     params:
         options=lambda w: W.task_options(CFG, "partial_finetune", w.run),
         data=lambda w: W.data_json(CFG, W.eval_dataset(CFG, "partial_finetune", w.run)),
-        out_dir=lambda w: f"results/eval/{w.run}/partial_finetune-k{w.k}",
+        out_dir=lambda w: str(P.eval_job_files(w.run, f"partial_finetune-k{w.k}").root),
         blocks=lambda w: f"--blocks {w.k}",
     log:
-        "results/logs/partial_finetune/{run}-k{k}.log",
+        str(P.log("partial_finetune", "{run}-k{k}")),
 
 
 if W.trained_eval_is_local_rule(CFG):
@@ -144,19 +144,19 @@ rule ade20k:
     input:
         unpack(lambda w: W.train_eval_inputs(CFG, "ade20k", w.run)),
     output:
-        result="results/eval/{run}/ade20k.json",
-        examples="results/eval/{run}/ade20k_examples.png",
+        result=str(P.eval_result("{run}", "ade20k")),
+        examples=str(P.eval_examples("{run}", "ade20k")),
     params:
         options=lambda w: W.task_options(CFG, "ade20k", w.run),
         data=lambda w: W.dense_data(CFG, "ade20k", w.run),
-        out_dir=lambda w: f"results/eval/{w.run}/ade20k",
+        out_dir=lambda w: str(P.eval_job_files(w.run, "ade20k").root),
         task="ade20k",
         gt="",
     threads: W.pretrain_threads(CFG)
     resources:
         **W.pretrain_resources(CFG),
     log:
-        "results/logs/ade20k/{run}.log",
+        str(P.log("ade20k", "{run}")),
     conda:
         "../../envs/cmim.yaml"
     shell:
@@ -170,13 +170,13 @@ use rule ade20k as coco with:
     input:
         unpack(lambda w: W.train_eval_inputs(CFG, "coco", w.run)),
     output:
-        result="results/eval/{run}/coco.json",
-        examples="results/eval/{run}/coco_examples.png",
+        result=str(P.eval_result("{run}", "coco")),
+        examples=str(P.eval_examples("{run}", "coco")),
     params:
         options=lambda w: W.task_options(CFG, "coco", w.run),
         data=lambda w: W.dense_data(CFG, "coco", w.run),
-        out_dir=lambda w: f"results/eval/{w.run}/coco",
+        out_dir=lambda w: str(P.eval_job_files(w.run, "coco").root),
         task="coco",
         gt=lambda w: f"--gt-json {W.coco_val_json(CFG, w.run)}",
     log:
-        "results/logs/coco/{run}.log",
+        str(P.log("coco", "{run}")),

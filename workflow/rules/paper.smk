@@ -23,7 +23,7 @@ for _tid in RT.table_ids(CFG):
             plan=RT.table_plan_json(CFG, _tid),
             scale=RT.scale_text(CFG, RT.table_plan(CFG, _tid)),
         log:
-            f"results/logs/report/{_tid}.log",
+            str(P.log("report", _tid)),
         conda:
             "../../envs/cmim.yaml"
         shell:
@@ -46,7 +46,7 @@ for _fid in RT.figure_ids(CFG):
             plan=RT.figure_plan_json(CFG, _fid),
             scale=RT.scale_text(CFG, RT.figure_plan(CFG, _fid)),
         log:
-            f"results/logs/report/{_fid}.log",
+            str(P.log("report", _fid)),
         conda:
             "../../envs/cmim.yaml"
         shell:

@@ -6,11 +6,11 @@
 
 rule run_config:
     output:
-        "results/pretrain/{run}/config.yaml",
+        str(P.run_files("{run}").config),
     params:
         resolved=lambda w: W.resolved_run_text(CFG, w.run),
     log:
-        "results/logs/run_config/{run}.log",
+        str(P.log("run_config", "{run}")),
     conda:
         "../../envs/cmim.yaml"
     shell:
@@ -32,20 +32,20 @@ rule pretrain:
     wildcard_constraints:
         run=W.alternation(W.trained_runs(CFG)),
     input:
-        run_config="results/pretrain/{run}/config.yaml",
+        run_config=rules.run_config.output[0],
         manifest=lambda w: W.train_manifest(CFG, w.run),
     output:
-        checkpoint="results/pretrain/{run}/checkpoint.pt",
-        summary="results/pretrain/{run}/summary.json",
-        metrics="results/pretrain/{run}/metrics.jsonl",
-        reconstructions="results/pretrain/{run}/reconstructions.pt",
+        checkpoint=str(P.run_files("{run}").checkpoint),
+        summary=str(P.run_files("{run}").summary),
+        metrics=str(P.run_files("{run}").metrics),
+        reconstructions=str(P.run_files("{run}").reconstructions),
     params:
-        out_dir=lambda w: f"results/pretrain/{w.run}",
+        out_dir=lambda w: str(P.run_files(w.run).root),
     threads: W.pretrain_threads(CFG)
     resources:
         **W.pretrain_resources(CFG),
     log:
-        "results/logs/pretrain/{run}.log",
+        str(P.log("pretrain", "{run}")),
     conda:
         "../../envs/cmim.yaml"
     shell:
@@ -68,13 +68,13 @@ use rule pretrain as baseline_encoder with:
 # hard-links one into place once the run has finished.
 rule epoch_checkpoint:
     input:
-        summary="results/pretrain/{run}/summary.json",
+        summary=rules.pretrain.output.summary,
     output:
-        "results/pretrain/{run}/epochs/ckpt-{epoch}.pt",
+        str(P.run_files("{run}").epoch_checkpoint("{epoch}")),
     params:
-        run_dir=lambda w: f"results/pretrain/{w.run}",
+        run_dir=lambda w: str(P.run_files(w.run).root),
     log:
-        "results/logs/epoch_checkpoint/{run}-{epoch}.log",
+        str(P.log("epoch_checkpoint", "{run}-{epoch}")),
     conda:
         "../../envs/cmim.yaml"
     shell:

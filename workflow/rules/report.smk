@@ -17,10 +17,10 @@ rule probe_table:
     input:
         W.probe_results(CFG),
     output:
-        md=report("results/tables/linear_probe.md", caption="../report/linear_probe.rst", category="Tables"),
-        csv="results/tables/linear_probe.csv",
+        md=report(str(P.table("linear_probe", "md")), caption="../report/linear_probe.rst", category="Tables"),
+        csv=str(P.table("linear_probe", "csv")),
     log:
-        "results/logs/report/linear_probe.log",
+        str(P.log("report", "linear_probe")),
     conda:
         "../../envs/cmim.yaml"
     shell:
@@ -31,12 +31,12 @@ rule knn_table:
     input:
         W.task_results(CFG, "knn") if "knn" in CFG["evaluations"] else [],
     output:
-        md=report("results/tables/knn.md", caption="../report/knn.rst", category="Tables"),
-        csv="results/tables/knn.csv",
+        md=report(str(P.table("knn", "md")), caption="../report/knn.rst", category="Tables"),
+        csv=str(P.table("knn", "csv")),
     params:
         task="knn",
     log:
-        "results/logs/report/knn.log",
+        str(P.log("report", "knn")),
     conda:
         "../../envs/cmim.yaml"
     shell:
@@ -48,58 +48,58 @@ use rule knn_table as finetune_table with:
     input:
         W.task_results(CFG, "finetune") if "finetune" in CFG["evaluations"] else [],
     output:
-        md=report("results/tables/finetune.md", caption="../report/finetune.rst", category="Tables"),
-        csv="results/tables/finetune.csv",
+        md=report(str(P.table("finetune", "md")), caption="../report/finetune.rst", category="Tables"),
+        csv=str(P.table("finetune", "csv")),
     params:
         task="finetune",
     log:
-        "results/logs/report/finetune.log",
+        str(P.log("report", "finetune")),
 
 
 use rule knn_table as partial_finetune_table with:
     input:
         W.task_results(CFG, "partial_finetune") if "partial_finetune" in CFG["evaluations"] else [],
     output:
-        md=report("results/tables/partial_finetune.md", caption="../report/partial_finetune.rst", category="Tables"),
-        csv="results/tables/partial_finetune.csv",
+        md=report(str(P.table("partial_finetune", "md")), caption="../report/partial_finetune.rst", category="Tables"),
+        csv=str(P.table("partial_finetune", "csv")),
     params:
         task="partial_finetune",
     log:
-        "results/logs/report/partial_finetune.log",
+        str(P.log("report", "partial_finetune")),
 
 
 use rule knn_table as ade20k_table with:
     input:
         W.task_results(CFG, "ade20k") if "ade20k" in CFG["evaluations"] else [],
     output:
-        md=report("results/tables/ade20k.md", caption="../report/ade20k.rst", category="Tables"),
-        csv="results/tables/ade20k.csv",
+        md=report(str(P.table("ade20k", "md")), caption="../report/ade20k.rst", category="Tables"),
+        csv=str(P.table("ade20k", "csv")),
     params:
         task="ade20k",
     log:
-        "results/logs/report/ade20k.log",
+        str(P.log("report", "ade20k")),
 
 
 use rule knn_table as coco_table with:
     input:
         W.task_results(CFG, "coco") if "coco" in CFG["evaluations"] else [],
     output:
-        md=report("results/tables/coco.md", caption="../report/coco.rst", category="Tables"),
-        csv="results/tables/coco.csv",
+        md=report(str(P.table("coco", "md")), caption="../report/coco.rst", category="Tables"),
+        csv=str(P.table("coco", "csv")),
     params:
         task="coco",
     log:
-        "results/logs/report/coco.log",
+        str(P.log("report", "coco")),
 
 
 rule loss_figure:
     input:
         W.loss_curve_inputs(CFG),
     output:
-        png=report("results/figures/pretrain_loss.png", caption="../report/pretrain_loss.rst", category="Figures"),
-        pdf="results/figures/pretrain_loss.pdf",
+        png=report(str(P.figure("pretrain_loss", "png")), caption="../report/pretrain_loss.rst", category="Figures"),
+        pdf=str(P.figure("pretrain_loss", "pdf")),
     log:
-        "results/logs/report/pretrain_loss.log",
+        str(P.log("report", "pretrain_loss")),
     conda:
         "../../envs/cmim.yaml"
     shell:
@@ -110,11 +110,11 @@ rule epochs_figure:
     input:
         W.epochs_figure_inputs(CFG),
     output:
-        png=report("results/figures/accuracy_vs_epochs.png", caption="../report/accuracy_vs_epochs.rst",
+        png=report(str(P.figure("accuracy_vs_epochs", "png")), caption="../report/accuracy_vs_epochs.rst",
                    category="Figures"),
-        pdf="results/figures/accuracy_vs_epochs.pdf",
+        pdf=str(P.figure("accuracy_vs_epochs", "pdf")),
     log:
-        "results/logs/report/accuracy_vs_epochs.log",
+        str(P.log("report", "accuracy_vs_epochs")),
     conda:
         "../../envs/cmim.yaml"
     shell:
@@ -126,11 +126,11 @@ rule partial_figure:
         partial=W.task_results(CFG, "partial_finetune") if "partial_finetune" in CFG["evaluations"] else [],
         full=W.task_results(CFG, "finetune") if "finetune" in CFG["evaluations"] else [],
     output:
-        png=report("results/figures/partial_finetune.png", caption="../report/partial_finetune_figure.rst",
+        png=report(str(P.figure("partial_finetune", "png")), caption="../report/partial_finetune_figure.rst",
                    category="Figures"),
-        pdf="results/figures/partial_finetune.pdf",
+        pdf=str(P.figure("partial_finetune", "pdf")),
     log:
-        "results/logs/report/partial_finetune_figure.log",
+        str(P.log("report", "partial_finetune_figure")),
     conda:
         "../../envs/cmim.yaml"
     shell:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cmim.config import resolve_run, validate
+from cmim.config import validate
+from cmim.options.evals import FinetuneOptions
+from cmim.study import resolve_run
 
 STEPS = ("mae", "can", "cmae", "simclr", "finetune")
 PRETRAIN = ("mae", "can", "cmae", "simclr")
@@ -75,8 +77,6 @@ FINETUNE_AS_REFERENCE = {"drop_path": 0.0, "mixup": 0.0, "cutmix": 0.0, "reprob"
 
 
 def finetune_options(s: Size, *, recipe: bool = False, compile: str = "off", precision: str = "auto"):
-    from cmim.tasks.finetune import FinetuneOptions
-
     keys = {} if recipe else dict(FINETUNE_AS_REFERENCE)
     return FinetuneOptions(batch_size=s.batch, epochs=1, warmup_epochs=0, compile=compile, precision=precision,
                            **keys)

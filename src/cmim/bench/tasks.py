@@ -17,9 +17,12 @@ import torch
 
 from cmim.methods import build_method
 from cmim.models.vit import build_encoder
-from cmim.tasks.finetune import FinetuneModel, FinetuneOptions, FinetuneTask, build_classifier
+from cmim.options import as_dict
+from cmim.options.evals import FinetuneOptions
+from cmim.options.loop import LoopOptions
+from cmim.tasks.finetune import FinetuneModel, FinetuneTask, build_classifier
 from cmim.tasks.pretrain import PretrainTask
-from cmim.train.task import Context, LoopOptions
+from cmim.train.task import Context
 
 DISTINCT_BATCHES = 2   # cycled; more would only cost memory
 
@@ -60,7 +63,7 @@ class BenchPretrainTask(_CycledBatches, PretrainTask):
 
     def __init__(self, run: dict, device: torch.device, num_samples: int = 1_281_167, seed: int = 0) -> None:
         self.run, self.manifest_path, self.manifest = run, None, {"num_samples": num_samples}
-        self.options = LoopOptions.from_dict(run)
+        self.options = LoopOptions.of_run(run)
         torch.manual_seed(run["seed"])
         self.model = build_method(run)
         g = torch.Generator().manual_seed(seed)
@@ -78,7 +81,7 @@ class BenchFinetuneTask(_CycledBatches, FinetuneTask):
     def __init__(self, run: dict, opts: FinetuneOptions, num_classes: int, device: torch.device,
                  num_samples: int = 1_281_167, seed: int = 0) -> None:
         self.run, self.opts, self.blocks = run, opts, None
-        self.task_name = "finetune"
+        self.result_task = "finetune"
         self.data = run["data"]
         self.classes = [str(i) for i in range(num_classes)]
         self.train_manifest = {"num_samples": num_samples, "shards": []}
@@ -93,9 +96,7 @@ class BenchFinetuneTask(_CycledBatches, FinetuneTask):
                         for _ in range(DISTINCT_BATCHES)]
 
     def identity(self) -> dict:
-        from dataclasses import asdict
-
-        return {"task": "bench-finetune", "run": self.run["run"], "options": asdict(self.opts)}
+        return {"task": "bench-finetune", "run": self.run["run"], "options": as_dict(self.opts)}
 
     def manifests(self) -> list:
         return []

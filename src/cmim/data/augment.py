@@ -20,68 +20,16 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from cmim.options.methods import AugmentOptions
+
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
 BLUR_TRUNCATE = 3.0                    # blur kernel half-width in sigmas (2*ceil(3*sigma)+1 taps)
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # op ids in colour-jitter orders and factors
-
-
-@dataclass(frozen=True)
-class AugmentOptions:
-    """Mirrors the config block runs.<id>.augment; defaults are SimCLR's (and CAN's)."""
-
-    crop_scale: tuple[float, float] = (0.2, 1.0)  # RandomResizedCrop area range (applied by the loader)
-    hflip_prob: float = 0.5                         # horizontal flip probability per view
-    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast,
-                                                    # saturation, hue strengths (0 = op skipped)
-    color_jitter_prob: float = 0.8                  # SimCLR's RandomApply(ColorJitter, p=0.8)
-    grayscale_prob: float = 0.2                     # SimCLR's RandomGrayscale(p=0.2)
-    blur_prob: float = 0.5                          # CAN's / SimCLR (ImageNet) blur probability
-    blur_sigma: tuple[float, float] = (0.1, 2.0)    # sigma range in pixels at 224 px, scaled by H/224
-
-    def __post_init__(self) -> None:
-        lo, hi = self.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise ValueError(f"augment.crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
-        for name in ("hflip_prob", "color_jitter_prob", "grayscale_prob", "blur_prob"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"augment.{name} must be in [0, 1], got {getattr(self, name)}")
-        if min(self.color_jitter) < 0 or self.color_jitter[3] > 0.5:
-            raise ValueError("augment.color_jitter strengths must be >= 0 with hue <= 0.5, "
-                             f"got {self.color_jitter}")
-        lo, hi = self.blur_sigma
-        if not 0 < lo <= hi:
-            raise ValueError(f"augment.blur_sigma must satisfy 0 < min <= max, got {self.blur_sigma}")
-
-    @classmethod
-    def from_config(cls, d: dict) -> AugmentOptions:
-        """Build from the (schema-validated or hand-written) dict; lists become tuples."""
-        valid = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(d) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown augment option(s) {unknown}; valid options: {sorted(valid)}")
-        kwargs = {}
-        for key, value in d.items():
-            default = valid[key].default
-            if isinstance(default, tuple):
-                if not isinstance(value, (list, tuple)) or len(value) != len(default) \
-                        or not all(_is_number(v) for v in value):
-                    raise ValueError(f"augment.{key} must be a list of {len(default)} numbers, got {value!r}")
-                kwargs[key] = tuple(float(v) for v in value)
-            else:
-                if not _is_number(value):
-                    raise ValueError(f"augment.{key} must be a number, got {value!r}")
-                kwargs[key] = float(value)
-        return cls(**kwargs)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 # ----------------------------------------------------------------------------- conversion

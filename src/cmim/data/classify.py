@@ -24,7 +24,9 @@ import webdataset as wds
 from PIL import Image
 
 from cmim.data import loader as L
+from cmim.data import manifest as M
 from cmim.data.views import ViewSpec
+from cmim.errors import DataError
 
 
 def _posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
@@ -72,7 +74,7 @@ def finetune_view(image: Image.Image, view: ViewSpec, hflip_prob: float, augment
     """uint8 [3, S, S]: RandomResizedCrop (bicubic) -> horizontal flip -> RandAugment."""
     top, left, h, w = L.random_crop_box(image.width, image.height, view, rng)
     s = view.crop_size
-    crop = image.crop((left, top, left + w, top + h)).resize((s, s), L._PIL_INTERP[view.interpolation])
+    crop = image.crop((left, top, left + w, top + h)).resize((s, s), L.PIL_INTERP[view.interpolation])
     if rng.random() < hflip_prob:
         crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if augment is not None:
@@ -82,11 +84,11 @@ def finetune_view(image: Image.Image, view: ViewSpec, hflip_prob: float, augment
 
 def _finetune_transform(src: Iterator, view: ViewSpec, hflip_prob: float, augment, seed: int, epoch: int,
                         num_classes: int) -> Iterator:
-    rng = np.random.default_rng([s + 1 for s in L._worker_seed(seed, epoch)] + [11])
+    rng = np.random.default_rng([s + 1 for s in L.worker_seed(seed, epoch)] + [11])
     for sample in src:
         label = L.label_of(sample)
         if not 0 <= label < num_classes:
-            raise L.DataError(f"{sample.get('__url__', '?')}: sample {sample.get('__key__')} has label {label}, "
+            raise DataError(f"{sample.get('__url__', '?')}: sample {sample.get('__key__')} has label {label}, "
                               f"outside the {num_classes} classes of the train manifest; re-shard the split")
         yield finetune_view(L.decode_image(sample), view, hflip_prob, augment, rng), label
 
@@ -96,12 +98,12 @@ def finetune_loader(manifest_path: str | Path, view: ViewSpec, *, hflip_prob: fl
                     num_workers: int = 0, shuffle_buffer: int = 2000) -> wds.WebLoader:
     """`num_batches` batches {"images": uint8 [B, 3, S, S], "labels": int64 [B]} of one rank for one
     epoch; like cmim.data.loader.train_loader, a pure function of (seed, epoch, rank, workers)."""
-    manifest, shards = L.read_shards(manifest_path)
+    manifest, shards = M.read_shards(manifest_path)
     augment = rand_augment(rand_augment_config, view.crop_size, mean)
     pipeline = wds.DataPipeline(
         wds.ResampledShards(list(shards), seed=seed * 100003 + epoch, deterministic=True),
-        L.checked_tar_samples(shards),
-        wds.pipelinefilter(L._shuffle)(min(shuffle_buffer, manifest["num_samples"]), seed, epoch),
+        M.checked_tar_samples(shards),
+        wds.pipelinefilter(L.shuffle_samples)(min(shuffle_buffer, manifest["num_samples"]), seed, epoch),
         wds.pipelinefilter(_finetune_transform)(view, hflip_prob, augment, seed, epoch, num_classes),
         wds.batched(batch_size, collation_fn=L.collate, partial=False),
     )

@@ -13,7 +13,6 @@ Top-1/top-5 (top-k for k <= classes) on the val split's centre view.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from timm.optim import Lars
@@ -22,27 +21,9 @@ from cmim.data.loader import eval_loader, train_loader
 from cmim.data.views import ViewSpec, eval_view
 from cmim.evals.classify import accuracy
 from cmim.evals.features import FeatureExtractor, extract
-from cmim.train.schedule import absolute_lr, lr_at
-
-
-@dataclass(frozen=True)
-class ProbeOptions:
-    """Mirrors evaluations.linear_probe in the schema (runs/dataset are resolved by the caller)."""
-    features: str = "augmented"
-    epochs: int = 90
-    warmup_epochs: float = 10
-    batch_size: int = 16384
-    base_lr: float = 0.1
-    weight_decay: float = 0.0
-    optimizer: str = "lars"
-    max_train_samples: int | None = None
-    max_val_samples: int | None = None
-    on_checkpoint_epochs: bool = False
-    seed: int = 0
-
-    @classmethod
-    def from_config(cls, spec: dict) -> ProbeOptions:
-        return cls(**{k: v for k, v in spec.items() if k not in ("runs", "dataset", "per_run")})
+from cmim.options.evals import ProbeOptions
+from cmim.options.loop import absolute_lr
+from cmim.train.schedule import lr_at
 
 
 def make_head(dim: int, num_classes: int) -> torch.nn.Module:

@@ -22,15 +22,10 @@ import re
 from pathlib import Path
 
 from cmim import io
+from cmim.train.progress import read_jsonl
 
 TASK_NAME = re.compile(r"^(?P<base>linear_probe|knn|finetune|partial_finetune-k(?P<k>\d+)|ade20k|coco)"
                        r"(?:-ep(?P<epoch>\d+))?$")
-
-
-def encoder_label(spec: dict) -> str:
-    """A short name of an encoder's shape: ViT d<depth> w<width> h<heads> p<patch> @<image size>."""
-    return (f"ViT d{spec['depth']} w{spec['embed_dim']} h{spec['num_heads']} p{spec['patch_size']} "
-            f"@{spec['img_size']}")
 
 
 def checkpoint_info(path: Path, ckpt: dict, sha256: str) -> dict:
@@ -67,8 +62,6 @@ def read(path: Path) -> dict:
 
 def eval_rows(metrics_path: Path) -> list[dict]:
     """The periodic evaluation rows a training job logged (metrics.jsonl rows with an `eval` key)."""
-    from cmim.train.progress import read_jsonl
-
     path = Path(metrics_path)
     if not path.exists():
         return []

@@ -15,7 +15,7 @@ METHODS: dict[str, type[nn.Module]] = {"mae": MAE, "can": CAN, "cmae": CMAE, "si
 
 
 def build_method(run: dict) -> nn.Module:
-    """METHODS[run["method"]](run) for a resolved run (cmim.config.resolve_run)."""
+    """METHODS[run["method"]](run) for a resolved run (cmim.study.resolve_run)."""
     name = run["method"]
     if name not in METHODS:
         hint = difflib.get_close_matches(str(name), list(METHODS), n=1)

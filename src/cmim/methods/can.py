@@ -30,8 +30,6 @@ activation (ReLU, 128-d sinusoid as their code), and the loss weights (their cod
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
@@ -39,49 +37,21 @@ from cmim.data.augment import simclr_augment, to_unit
 from cmim.data.views import ViewSpec
 from cmim.losses.infonce import nt_xent
 from cmim.losses.reconstruction import masked_mse, norm_pix, visible_mse
-from cmim.methods.common import Method, options_from
+from cmim.methods.common import Method
 from cmim.methods.visualize import compose
 from cmim.models.decoder import MaskedDecoder
 from cmim.models.heads import SigmaEmbedding, projector
 from cmim.models.masking import random_masking
 from cmim.models.patches import patchify, unpatchify
 from cmim.models.vit import build_encoder, encode_visible, init_weights, pool
-
-
-@dataclass(frozen=True)
-class CANOptions:
-    """runs.<id>.can in the config schema (same names and defaults)."""
-
-    decoder_dim: int = 512            # decoder width (MAE's dec512d8b)
-    decoder_depth: int = 8            # decoder blocks
-    decoder_heads: int = 16           # decoder heads
-    mask_ratio: float = 0.5           # masked fraction in *each* view (paper; authors' CLI default 0.75)
-    noise: bool = True                # Gaussian noise on the visible patches
-    sigma_max: float = 0.05           # sigma ~ U[0, sigma_max] per view sample, normalised units (code: 0.1)
-    denoise_loss: bool = True         # predict the noise on visible patches (false: noise as augmentation)
-    sigma_embed: str = "all"          # sigma embedding on all decoder tokens, cls+visible only, or "off"
-    denoise_weight: float = 0.3       # w in (1 - w) recon + w denoise
-    mae_weight: float = 0.97          # weight of the reconstruction(+denoising) part
-    contrastive_weight: float = 0.03  # weight of NT-Xent
-    temperature: float = 0.1          # NT-Xent temperature
-    norm_pix_loss: bool = False       # standardise the reconstruction target per patch
-    clean_target: bool = True         # reconstruct the clean image (false: the noisy one, as the code)
-    pool: str = "mean_patch"          # contrastive feature: mean of patch tokens, or of all incl. cls
-    projector: str = "mlp2"           # mlp2 (authors' code, no BN) or mlp3_bn (4096 hidden, BN)
-    proj_dim: int = 128               # projector output size
-    gather_negatives: bool = True     # negatives from all ranks (all-gather with gradient)
-
-    def __post_init__(self) -> None:
-        if self.sigma_embed not in ("all", "visible", "off"):
-            raise ValueError(f"can.sigma_embed must be all, visible or off, got {self.sigma_embed!r}")
-        if not self.noise and (self.denoise_loss or self.sigma_embed != "off"):
-            raise ValueError("can: noise is off, so denoise_loss must be false and sigma_embed 'off'")
+from cmim.options import from_dict
+from cmim.options.methods import CANOptions
 
 
 class CAN(Method):
     def __init__(self, run: dict) -> None:
         super().__init__(run)
-        self.opts = o = options_from(CANOptions, run["method_options"], "can")
+        self.opts = o = from_dict(CANOptions, run["method_options"], f"{self.where}.can")
         self.encoder = build_encoder(run["encoder"])
         width = self.encoder.embed_dim
         self.decoder = MaskedDecoder(self.grid, width, o.decoder_dim, o.decoder_depth, o.decoder_heads,

@@ -25,7 +25,6 @@ Choices made here:
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -34,7 +33,7 @@ from cmim.data.augment import color_jitter, gaussian_blur, random_grayscale, ran
 from cmim.data.views import ViewSpec
 from cmim.losses.infonce import info_nce
 from cmim.losses.reconstruction import masked_mse, norm_pix
-from cmim.methods.common import Method, freeze, options_from
+from cmim.methods.common import Method, freeze
 from cmim.methods.visualize import compose
 from cmim.models.decoder import MaskedDecoder
 from cmim.models.ema import ema_update, momentum_at
@@ -42,44 +41,17 @@ from cmim.models.heads import cmae_predictor, cmae_projector
 from cmim.models.masking import block_masking, random_masking
 from cmim.models.patches import patchify
 from cmim.models.vit import build_encoder, encode_full, encode_visible, init_weights, pool
+from cmim.options import from_dict
+from cmim.options.methods import CMAEOptions
 
 CROP_RATIO = 256 / 224   # the shared crop is 256 px for 224 px views
 SHIFT_RATIO = 31 / 224   # the target window moves by up to 31 px at 224
 
 
-@dataclass(frozen=True)
-class CMAEOptions:
-    """runs.<id>.cmae in the config schema (same names and defaults)."""
-
-    decoder_dim: int = 512              # pixel and feature decoder width
-    decoder_depth: int = 8              # pixel decoder blocks
-    decoder_heads: int = 16             # heads of both decoders
-    mask_ratio: float = 0.65            # masked fraction (blocks kept: int(num_blocks * 0.35))
-    mask_type: str = "block"            # block (released code) or random (MAE's uniform masking)
-    block_size: int = 2                 # block side in patches for block masking
-    pixel_shift: float | None = None    # max target shift in px; None = 31/224 of the view side
-    feature_decoder: bool = True        # online feature from the feature decoder (else encoder tokens)
-    feature_decoder_depth: int = 2      # feature decoder blocks (width decoder_dim, out = encoder width)
-    momentum: float = 0.996             # EMA momentum at the start
-    momentum_end: float = 0.996         # EMA momentum at the end (cosine; equal = constant)
-    temperature: float = 0.07           # InfoNCE temperature
-    contrastive_weight: float = 1.0     # weight of the (2 tau-scaled) InfoNCE
-    recon_weight: float = 1.0           # weight of the pixel reconstruction
-    norm_pix_loss: bool = True          # per-patch standardised target (always on in the released code)
-    proj_hidden: int | None = None      # projector/predictor hidden size; None = 2 x encoder width
-    proj_dim: int = 256                 # projector output size
-    target_color_aug: bool = True       # colour jitter, grayscale and blur on the target view
-    gather_negatives: bool = True       # keys from all ranks (no gradient)
-
-    def __post_init__(self) -> None:
-        if self.mask_type not in ("block", "random"):
-            raise ValueError(f"cmae.mask_type must be block or random, got {self.mask_type!r}")
-
-
 class CMAE(Method):
     def __init__(self, run: dict) -> None:
         super().__init__(run)
-        self.opts = o = options_from(CMAEOptions, run["method_options"], "cmae")
+        self.opts = o = from_dict(CMAEOptions, run["method_options"], f"{self.where}.cmae")
         self.encoder = build_encoder(run["encoder"])
         width = self.encoder.embed_dim
         hidden = o.proj_hidden or 2 * width

@@ -6,26 +6,14 @@ be copied four times lives here.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import TypeVar
-
 from torch import Tensor, nn
 
-from cmim.data.augment import AugmentOptions, normalize, to_unit
-
-T = TypeVar("T")
+from cmim.data.augment import normalize, to_unit
+from cmim.options import from_dict
+from cmim.options.methods import AugmentOptions
 
 # Parameter names (last component) that never get weight decay, whatever their shape (MAE / timm).
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token", "reg_token", "dist_token")
-
-
-def options_from(cls: type[T], d: dict, method: str) -> T:
-    """Build a frozen options dataclass from the config block; unknown keys fail with the valid ones."""
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(d) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown {method} option(s) {unknown}; valid options: {valid}")
-    return cls(**d)
 
 
 def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
@@ -54,7 +42,8 @@ class Method(nn.Module):
         self.grid = self.image_size // self.patch_size
         self.mean = tuple(run["data"]["mean"])
         self.std = tuple(run["data"]["std"])
-        self.aug = AugmentOptions.from_config(run.get("augment", {}))
+        self.where = f"runs.{run.get('run', '<run>')}"   # the run's key path, for option errors
+        self.aug = from_dict(AugmentOptions, run.get("augment", {}), f"{self.where}.augment")
 
     def views(self, batch: dict) -> Tensor:
         """uint8 [B, V, 3, S, S] -> float [V*B, 3, S, S] in [0, 1], view-major (view 0 first)."""

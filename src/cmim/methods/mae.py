@@ -7,37 +7,26 @@ per-patch standardised image (norm_pix_loss).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
 from cmim.data.augment import random_hflip, to_unit
 from cmim.data.views import ViewSpec
 from cmim.losses.reconstruction import masked_mse, norm_pix
-from cmim.methods.common import Method, options_from
+from cmim.methods.common import Method
 from cmim.methods.visualize import compose
 from cmim.models.decoder import MaskedDecoder
 from cmim.models.masking import random_masking
 from cmim.models.patches import patchify
 from cmim.models.vit import build_encoder, encode_visible
-
-
-@dataclass(frozen=True)
-class MAEOptions:
-    """runs.<id>.mae in the config schema (same names and defaults)."""
-
-    decoder_dim: int = 512        # decoder width (MAE's dec512d8b)
-    decoder_depth: int = 8        # decoder blocks; the linear probe is sensitive to it (MultiMAE#1)
-    decoder_heads: int = 16       # decoder attention heads
-    mask_ratio: float = 0.75      # fraction of patches removed, uniform per sample
-    norm_pix_loss: bool = True    # per-patch standardised target, as the released models
+from cmim.options import from_dict
+from cmim.options.methods import MAEOptions
 
 
 class MAE(Method):
     def __init__(self, run: dict) -> None:
         super().__init__(run)
-        self.opts = o = options_from(MAEOptions, run["method_options"], "mae")
+        self.opts = o = from_dict(MAEOptions, run["method_options"], f"{self.where}.mae")
         self.encoder = build_encoder(run["encoder"])
         self.decoder = MaskedDecoder(self.grid, self.encoder.embed_dim, o.decoder_dim, o.decoder_depth,
                                      o.decoder_heads, out_dim=self.patch_size**2 * 3)

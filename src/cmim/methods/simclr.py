@@ -8,33 +8,22 @@ defaults are CAN's (mlp2 -> 128, tau 0.1, mean of patch tokens).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import Tensor
 
 from cmim.data.augment import simclr_augment
 from cmim.data.views import ViewSpec
 from cmim.losses.infonce import nt_xent
-from cmim.methods.common import Method, options_from
+from cmim.methods.common import Method
 from cmim.models.heads import projector
 from cmim.models.vit import build_encoder, encode_full, init_weights, pool
-
-
-@dataclass(frozen=True)
-class SimCLROptions:
-    """runs.<id>.simclr in the config schema (same names and defaults)."""
-
-    temperature: float = 0.1          # NT-Xent temperature (CAN's; SimCLR's own value not found)
-    pool: str = "mean_patch"          # contrastive feature: mean of patch tokens, or all tokens incl. cls
-    projector: str = "mlp2"           # CAN's head (mlp2) or the 3-layer BN head (mlp3_bn)
-    proj_dim: int = 128               # projector output size
-    gather_negatives: bool = True     # negatives from all ranks (all-gather with gradient)
+from cmim.options import from_dict
+from cmim.options.methods import SimCLROptions
 
 
 class SimCLR(Method):
     def __init__(self, run: dict) -> None:
         super().__init__(run)
-        self.opts = o = options_from(SimCLROptions, run["method_options"], "simclr")
+        self.opts = o = from_dict(SimCLROptions, run["method_options"], f"{self.where}.simclr")
         self.encoder = build_encoder(run["encoder"])
         self.projector = projector(o.projector, self.encoder.embed_dim, o.proj_dim)
         init_weights(self.projector)

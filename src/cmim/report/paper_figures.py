@@ -34,8 +34,8 @@ def vit_params(embed_dim: int, depth: int, patch: int) -> float:
 
 
 def paper_arch_params(label: str) -> float | None:
-    """"ViT-B/16" -> its parameter count (timm's sizes, cmim.config.ARCHS); None for anything else."""
-    from cmim.config import ARCHS
+    """"ViT-B/16" -> its parameter count (timm's sizes, cmim.study.ARCHS); None for anything else."""
+    from cmim.study import ARCHS
 
     m = re.fullmatch(r"ViT-(Ti|S|B|L|H)/(\d+)", str(label))
     if not m:
@@ -121,61 +121,49 @@ def _two_panels(plan: dict):
     return fig, ours, paper
 
 
-def epochs_figure(plan: dict, out_png: Path) -> None:
+def _ours_beside_paper(plan: dict, out_png: Path, *, x_of, paper_x, xlabel: str, ylabel: str, merge: bool = False,
+                       log_x: bool = False) -> None:
+    """The two panels of a line figure: our series (x from each result) and the paper's points."""
     fig, ours, paper = _two_panels(plan)
-    drawn = _draw_ours(ours, plan["series"], lambda r, name: int(r["pretrain_epochs"] or 0), plan["metric"],
-                       merge=True)
-    if not drawn:
-        _panel_note(ours, "not configured" if not any(s["files"] for s in plan["series"]) else "not run")
+    if not _draw_ours(ours, plan["series"], x_of, plan["metric"], merge=merge):
+        configured = any(any(f.values()) if isinstance(f, dict) else f for s in plan["series"]
+                         for f in s["files"].values())
+        _panel_note(ours, "not run" if configured else "not configured")
     else:
         ours.legend(fontsize=7)
     for ax in (ours, paper):
-        ax.set_xlabel("pretraining epochs")
-        ax.set_ylabel(f"{plan['task']} {plan['metric']} (%)")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if log_x:
+            ax.set_xscale("log")
     ours.grid(alpha=0.3)
-    _draw_paper(paper, plan, lambda p: p["setting"]["epochs"] if isinstance(p["setting"]["epochs"], int) else None)
+    _draw_paper(paper, plan, paper_x)
     _save(fig, out_png)
 
 
-def partial_figure(plan: dict, out_png: Path) -> None:
-    fig, ours, paper = _two_panels(plan)
+def epochs_figure(plan: dict, out_png: Path) -> None:
+    _ours_beside_paper(plan, out_png, x_of=lambda r, name: int(r["pretrain_epochs"] or 0), merge=True,
+                       paper_x=lambda p: p["setting"]["epochs"] if isinstance(p["setting"]["epochs"], int) else None,
+                       xlabel="pretraining epochs", ylabel=f"{plan['task']} {plan['metric']} (%)")
 
+
+def partial_figure(plan: dict, out_png: Path) -> None:
     def blocks(r, name):
         k = r["protocol"].get("blocks")
         return r["encoder"]["depth"] if k is None else k
 
-    if not _draw_ours(ours, plan["series"], blocks, plan["metric"]):
-        _panel_note(ours, "not configured" if not any(any(f.values()) for s in plan["series"]
-                                                      for f in s["files"].values()) else "not run")
-    else:
-        ours.legend(fontsize=7)
-    for ax in (ours, paper):
-        ax.set_xlabel("tuned last blocks (all = full finetune)")
-        ax.set_ylabel(f"{plan['metric']} (%)")
-    ours.grid(alpha=0.3)
-    _draw_paper(paper, plan, lambda p: None)
-    _save(fig, out_png)
+    _ours_beside_paper(plan, out_png, x_of=blocks, paper_x=lambda p: None,
+                       xlabel="tuned last blocks (all = full finetune)", ylabel=f"{plan['metric']} (%)")
 
 
 def size_figure(plan: dict, out_png: Path) -> None:
-    fig, ours, paper = _two_panels(plan)
-
     def params(r, name):
         e = r["encoder"]
         return vit_params(e["embed_dim"], e["depth"], e["patch_size"])
 
-    if not _draw_ours(ours, plan["series"], params, plan["metric"], merge=True):
-        _panel_note(ours, "not configured" if not any(any(f.values()) for s in plan["series"]
-                                                      for f in s["files"].values()) else "not run")
-    else:
-        ours.legend(fontsize=7)
-    for ax in (ours, paper):
-        ax.set_xlabel("encoder parameters (M)")
-        ax.set_xscale("log")
-        ax.set_ylabel(f"{plan['task']} {plan['metric']} (%)")
-    ours.grid(alpha=0.3)
-    _draw_paper(paper, plan, lambda p: paper_arch_params(p["setting"]["arch"]))
-    _save(fig, out_png)
+    _ours_beside_paper(plan, out_png, x_of=params, paper_x=lambda p: paper_arch_params(p["setting"]["arch"]),
+                       merge=True, log_x=True, xlabel="encoder parameters (M)",
+                       ylabel=f"{plan['task']} {plan['metric']} (%)")
 
 
 def ablation_figure(plan: dict, out_png: Path) -> None:

@@ -119,7 +119,7 @@ def write(plan: dict, out_md: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     env = pd.DataFrame([{"package": k, "version": v} for k, v in versions.items()])
     note = (f"Rendered from git commit {commit}. Hours are device-hours (wall time x processes); MFU is "
             "achieved FLOPs over the GPU's dense bf16 peak (none on CPU); the config hash is the hash of the job's "
-            "resolved config (cmim.config.config_hash), as its checkpoints record it.")
+            "resolved config (cmim.study.config_hash), as its checkpoints record it.")
     md = [f"# {plan['title']}", "", note, "", "## Jobs", "", shown.to_markdown(index=False), ""]
     if len(shards):
         md += ["## Shards", "", shard_shown.to_markdown(index=False), ""]

@@ -22,7 +22,18 @@ from __future__ import annotations
 import difflib
 
 from cmim import paths
+from cmim.datasets import splits
 from cmim.report import papers
+from cmim.study import (
+    ARCHS,
+    DENSE_TASKS,
+    dense_dataset,
+    eval_options,
+    evaluated_runs,
+    resolve_run,
+    result_names,
+    run_method,
+)
 
 NOT_CONFIGURED = "not configured"
 NO_TASK = "no cmim task"
@@ -79,13 +90,20 @@ def _check_column(where: str, col: dict, default: dict | None) -> list[str]:
     return []
 
 
+def _paper_entry(kind: str, ident: str) -> tuple[dict | None, list[str]]:
+    """The paper file's table or figure `ident` (kind: tables | figures), or the problem naming the key."""
+    entries = papers.load()[kind]
+    if ident in entries:
+        return entries[ident], []
+    noun = "paper table" if kind == "tables" else "figure"
+    return None, [f"{kind}.{ident}: not a {noun}{_hint(ident, entries)}; {kind}: {sorted(entries)}"]
+
+
 def _check_table(cfg: dict, tid: str, spec: dict) -> list[str]:
-    data = papers.load()
     where = f"tables.{tid}"
-    if tid not in data["tables"]:
-        return [f"{where}: not a paper table{_hint(tid, data['tables'])}; tables: {sorted(data['tables'])}"]
-    table = data["tables"][tid]
-    problems = []
+    table, problems = _paper_entry("tables", tid)
+    if table is None:
+        return problems
     if table["kind"] == "compute":
         for key in ("rows", "columns"):
             if spec.get(key):
@@ -110,11 +128,10 @@ def _check_table(cfg: dict, tid: str, spec: dict) -> list[str]:
 
 
 def _check_figure(cfg: dict, fid: str, spec: dict) -> list[str]:
-    data = papers.load()
     where = f"figures.{fid}"
-    if fid not in data["figures"]:
-        return [f"{where}: not a figure{_hint(fid, data['figures'])}; figures: {sorted(data['figures'])}"]
-    fig = data["figures"][fid]
+    fig, problems = _paper_entry("figures", fid)
+    if fig is None:
+        return problems
     kind = fig["kind"]
     allowed = {"epochs": {"series", "task", "metric"}, "partial": {"series", "metric"},
                "size": {"series", "task", "metric"}, "ablation": {"column"},
@@ -127,7 +144,7 @@ def _check_figure(cfg: dict, fid: str, spec: dict) -> list[str]:
     if "task" in spec or "metric" in spec:
         problems += _check_column(where, {k: spec[k] for k in ("task", "metric") if k in spec}, fig)
     if "column" in spec:
-        cols = {c for tid in fig["tables"] for c in data["tables"][tid]["columns"]}
+        cols = {c for tid in fig["tables"] for c in papers.load()["tables"][tid]["columns"]}
         if spec["column"] not in cols:
             problems.append(f"{where}.column: not a column of {fig['tables']}; columns: {sorted(cols)}")
     return problems
@@ -148,8 +165,6 @@ def check(cfg: dict) -> list[str]:
 
 def arch_label(encoder: dict) -> str:
     """ViT-B/16 @224 for timm's sizes, else the shape (ViT d4 w128 h4 p4 @32)."""
-    from cmim.config import ARCHS
-
     for name, shape in ARCHS.items():
         if all(encoder[k] == v for k, v in shape.items()):
             return f"ViT-{ARCH_SHORT[name]}/{encoder['patch_size']} @{encoder['img_size']}"
@@ -161,30 +176,13 @@ _RESOLVED: dict[tuple[int, str], tuple[dict, dict]] = {}
 
 
 def resolved(cfg: dict, run: str) -> dict:
-    """cmim.config.resolve_run, memoised per config object (it re-reads the schema on every call, and a
+    """cmim.study.resolve_run, memoised per config object (it re-reads the schema on every call, and a
     plan asks for each run several times)."""
-    from cmim.config import resolve_run
-
     key = (id(cfg), run)
     hit = _RESOLVED.get(key)
     if hit is None or hit[0] is not cfg:
         hit = _RESOLVED[key] = (cfg, resolve_run(cfg, run))   # the config is kept, so its id stays unique
     return hit[1]
-
-
-def result_names(cfg: dict, task: str, run: str) -> list[str]:
-    """cmim.workflow.result_names (the final result, -ep<E> per saved epoch, -k<K> per block count)
-    on the memoised run."""
-    from cmim.config import BASELINE_METHODS, eval_options
-
-    if task == "partial_finetune":
-        return [f"partial_finetune-k{k}" for k in eval_options(cfg, task, run)["blocks"]]
-    names = [task]
-    if cfg["evaluations"][task].get("on_checkpoint_epochs"):
-        r = resolved(cfg, run)
-        epochs = [] if r["method"] in BASELINE_METHODS else sorted(set(r["checkpoint_epochs"]))
-        names += [f"{task}-ep{e}" for e in epochs]
-    return names
 
 
 def run_scale(cfg: dict, run: str) -> dict:
@@ -205,8 +203,6 @@ def result_file(task: str, run: str, blocks: int | None = None) -> str:
 
 def evaluates(cfg: dict, task: str, run: str, blocks: int | None = None) -> bool:
     """Does the study produce this result? (pretrain: every run has a summary.json)"""
-    from cmim.config import eval_options, evaluated_runs
-
     if task == "pretrain":
         return run in cfg["runs"]
     if task not in cfg["evaluations"] or run not in evaluated_runs(cfg, task):
@@ -265,8 +261,6 @@ def _compute_inputs(cfg: dict, selection, manifests: bool = True) -> dict:
     """Runs (a selection of groups, or all), their summary.json, their trained evaluations' results
     (which carry the evaluation's own summary under `training`) and, for provenance, the manifests of
     every dataset they read."""
-    from cmim.config import DENSE_TASKS, dense_dataset
-    from cmim.workflow import splits
 
     runs = list(cfg["runs"]) if selection == "all" else [m for g in selection for m in members(cfg, g)]
     evals, datasets = {}, []
@@ -290,8 +284,6 @@ def _compute_inputs(cfg: dict, selection, manifests: bool = True) -> dict:
 
 def partially_finetuned(cfg: dict, run: str) -> bool:
     """Does the study run partial finetuning (any block count) on this run?"""
-    from cmim.config import evaluated_runs
-
     return "partial_finetune" in cfg["evaluations"] and run in evaluated_runs(cfg, "partial_finetune")
 
 
@@ -347,8 +339,6 @@ def figure_plan(cfg: dict, fid: str) -> dict:
     elif kind == "reconstructions":
         selection = spec.get("runs")
         if selection is None:
-            from cmim.config import run_method
-
             runs = [r for r in cfg["runs"] if run_method(cfg, r) in MAE_FAMILY]
         else:
             runs = [m for g in selection for m in members(cfg, g)] if selection != "all" else list(cfg["runs"])

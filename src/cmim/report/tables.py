@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from cmim import io
+from cmim import io, study
 from cmim.evals import results
 
 
 def encoder_label(spec: dict | None) -> str:
-    return results.encoder_label(spec) if spec else "-"
+    return study.encoder_label(spec) if spec else "-"
 
 
 def _pct(value) -> float:

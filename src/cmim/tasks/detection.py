@@ -17,7 +17,7 @@ METHODS.md 2.4), every value a key of evaluations.coco:
 - schedule: 184,375 iterations (100 epochs of 118k images at 64), linear warmup of 250 iterations
   (detectron2 starts at 0.001 of the lr, we at 0), lr x 0.1 at iterations 163,889 and 177,546
   (`lr_drops` are fractions of the run, so a shorter run keeps the shape); AMP there, bf16 here;
-- data (cmim.data.dense): flip, large-scale jitter 0.1-2.0 of 1024, a 1024 crop, padding to the
+- data (cmim.data.detection): flip, large-scale jitter 0.1-2.0 of 1024, a 1024 crop, padding to the
   square (the mean colour); test: the original image resized to a long side of 1024 by the
   model's transform; boxes and masks come back in original pixels;
 - score: pycocotools COCOeval against the real instances_<val split>.json (cmim.evals.coco_eval),
@@ -31,25 +31,23 @@ them) and, with max_val_samples, images past the limit are left out of scoring, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
-from cmim import io
 from cmim.data.augment import to_unit
-from cmim.data.dense import DetAugment, detection_eval_samples, detection_image_records, detection_train_loader
-from cmim.evals import dense_examples, results
+from cmim.data.detection import DetAugment, detection_eval_samples, detection_image_records, detection_train_loader
+from cmim.evals import dense_examples
 from cmim.evals.coco_eval import COCOEvaluator, gather_results
 from cmim.models.vit import downstream_encoder
 from cmim.models.vitdet import build_mask_rcnn
+from cmim.options import as_dict
+from cmim.options.evals import DetectionOptions
 from cmim.tasks import transfer
-from cmim.train import checkpoint as ckpt
-from cmim.train import schedule
-from cmim.train.task import Context, LoopOptions
+from cmim.tasks.transfer import TransferTask
+from cmim.train.task import Context, layer_decay_groups
 
 RESULT_TASK = "coco"
 MODEL_FORMAT = "cmim-detector-v1"
@@ -60,79 +58,6 @@ EXAMPLE_MAX = 20               # ... and at most this many per image
 EVAL_ONLY = ("rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "box_score_thresh", "box_nms_thresh",
              "detections_per_img", "mask_threshold", "max_val_samples", "examples", "checkpoint_every_steps",
              "log_every_steps")   # options that never change the trained weights
-
-
-@dataclass(frozen=True)
-class DetectionOptions:
-    """evaluations.coco in the config schema (same names, order and defaults): detectron2's ViTDet-B recipe."""
-
-    iters: int = 184375                              # 100 epochs of COCO train2017 at batch 64
-    warmup_iters: int = 250
-    batch_size: int = 64                             # global batch
-    accum_steps: int = 1
-    lr: float = 1e-4                                 # ABSOLUTE peak lr (the dense recipes quote it so)
-    lr_drops: tuple[float, ...] = (0.888889, 0.962963)   # x0.1 at 163889 / 184375 and 177546 / 184375
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.999)
-    layer_decay: float = 0.7
-    drop_path: float = 0.1
-    grad_clip: float | None = None
-    image_size: int = 1024                           # the square the training crops are padded to; test long side
-    augment: str = "lsj"                             # lsj (large-scale jitter) | resize (fit into the square)
-    scale_range: tuple[float, float] = (0.1, 2.0)    # LSJ scale of image_size
-    flip_prob: float = 0.5
-    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)   # one per level, strides 4..64
-    out_channels: int = 256                          # pyramid width (every level)
-    head_channels: int = 256                         # RoI heads' conv width
-    fc_channels: int = 1024                          # box head fc width
-    rpn_batch_size_per_image: int = 256
-    rpn_positive_fraction: float = 0.5
-    rpn_pre_nms_top_n_train: int = 2000
-    rpn_pre_nms_top_n_test: int = 1000
-    rpn_post_nms_top_n_train: int = 1000
-    rpn_post_nms_top_n_test: int = 1000
-    rpn_nms_thresh: float = 0.7
-    box_batch_size_per_image: int = 512              # sampled RoIs per image
-    box_positive_fraction: float = 0.25
-    box_score_thresh: float = 0.05
-    box_nms_thresh: float = 0.5
-    detections_per_img: int = 100
-    mask_threshold: float = 0.5                      # mask probability -> binary mask for segm AP
-    max_val_samples: int | None = None               # score the first N val images (manifest order)
-    examples: int = 4                                # val images drawn in the examples PNG
-    precision: str = "auto"
-    compile: str = "off"
-    seed: int = 0
-    checkpoint_every_steps: int = 1000
-    log_every_steps: int = 20
-
-    @classmethod
-    def from_config(cls, spec: dict) -> DetectionOptions:
-        return transfer.options_from_config(cls, spec, "coco")
-
-    def loop(self) -> LoopOptions:
-        """The engine's view: the absolute lr becomes base_lr (schedule.base_lr_of), step schedule."""
-        return LoopOptions(epochs=1, iters=self.iters, warmup_iters=self.warmup_iters, batch_size=self.batch_size,
-                           accum_steps=self.accum_steps, base_lr=schedule.base_lr_of(self.lr, self.batch_size),
-                           lr_schedule="step", lr_drops=tuple(self.lr_drops), weight_decay=self.weight_decay,
-                           betas=tuple(self.betas), grad_clip=self.grad_clip, precision=self.precision,
-                           compile=self.compile, seed=self.seed, checkpoint_every_steps=self.checkpoint_every_steps,
-                           log_every_steps=self.log_every_steps)
-
-    def detector_kwargs(self) -> dict:
-        """What build_mask_rcnn / torchvision's MaskRCNN take from these options."""
-        return dict(anchor_sizes=tuple(self.anchor_sizes), out_channels=self.out_channels,
-                    head_channels=self.head_channels, fc_channels=self.fc_channels,
-                    box_detections_per_img=self.detections_per_img,
-                    rpn_post_nms_top_n_train=self.rpn_post_nms_top_n_train,
-                    rpn_pre_nms_top_n_train=self.rpn_pre_nms_top_n_train,
-                    rpn_pre_nms_top_n_test=self.rpn_pre_nms_top_n_test,
-                    rpn_post_nms_top_n_test=self.rpn_post_nms_top_n_test, rpn_nms_thresh=self.rpn_nms_thresh,
-                    rpn_batch_size_per_image=self.rpn_batch_size_per_image,
-                    rpn_positive_fraction=self.rpn_positive_fraction,
-                    box_batch_size_per_image=self.box_batch_size_per_image,
-                    box_positive_fraction=self.box_positive_fraction, box_score_thresh=self.box_score_thresh,
-                    box_nms_thresh=self.box_nms_thresh)
 
 
 class DetectionModel(nn.Module):
@@ -155,39 +80,26 @@ class DetectionModel(nn.Module):
         return self.detector([to_unit(im) for im in images])
 
     def parameter_groups(self, weight_decay: float) -> list[dict]:
-        from timm.optim import param_groups_layer_decay
-
-        return param_groups_layer_decay(self.detector, weight_decay=weight_decay,
-                                        no_weight_decay_list=self.detector.no_weight_decay(),
-                                        layer_decay=self.layer_decay)
+        return layer_decay_groups(self.detector, weight_decay, self.layer_decay)
 
 
-class DetectionTask(transfer.DenseTransferTask):
+class DetectionTask(TransferTask):
     name = "detection"
-    result_task, eval_only = RESULT_TASK, EVAL_ONLY
+    result_task, options_class, model_format, eval_only = RESULT_TASK, DetectionOptions, MODEL_FORMAT, EVAL_ONLY
 
-    def __init__(self, run: dict, checkpoint_path: Path, train_manifest: Path, val_manifest: Path, gt_json: Path,
-                 opts: DetectionOptions, data: dict, *, result_path: Path | None = None,
+    def __init__(self, run: dict, checkpoint_path: Path, train_manifest: Path, val_manifest: Path,
+                 opts: DetectionOptions, data: dict, *, gt_json: Path, result_path: Path | None = None,
                  examples_path: Path | None = None, checkpoint_sha256: str | None = None) -> None:
-        self.run, self.opts, self.data = run, opts, data
-        self.train_manifest_path, self.val_manifest_path = Path(train_manifest), Path(val_manifest)
         self.gt_json = Path(gt_json)
-        self.result_path = Path(result_path) if result_path else None
-        self.examples_path = Path(examples_path) if examples_path else None
-        self.train_manifest, val, classes = transfer.shared_classes(train_manifest, val_manifest, "coco")
-        self.classes = [c["name"] for c in classes]                 # label k + 1 <-> classes[k]
         self.evaluator = COCOEvaluator(self.gt_json)
-        self.val_records = detection_image_records(self.val_manifest_path)
-        self._check_ground_truth(classes)
-        self.val_samples = min(val["num_samples"], opts.max_val_samples or val["num_samples"])
-        self.checkpoint_path = Path(checkpoint_path)
-        encoder, self.ckpt_meta = transfer.pretrained_encoder(run, self.checkpoint_path, "coco")
-        self.checkpoint_sha256 = checkpoint_sha256 or ckpt.file_sha256(self.checkpoint_path)
-        if opts.image_size % 32:
-            raise ValueError(f"coco.image_size {opts.image_size} must be a multiple of 32 (the pyramid's stride)")
-        self.options = opts.loop()
+        self.val_records = detection_image_records(Path(val_manifest))
+        super().__init__(run, checkpoint_path, train_manifest, val_manifest, opts, data, result_path=result_path,
+                         checkpoint_sha256=checkpoint_sha256)
+        self._check_ground_truth(self.class_records)
+        self.examples_path = Path(examples_path) if examples_path else None
+        self.classes = [c["name"] for c in self.class_records]          # label k + 1 <-> classes[k]
         torch.manual_seed(opts.seed)  # the same pyramid and heads on every rank
-        backbone = downstream_encoder(encoder, img_size=opts.image_size, drop_path_rate=opts.drop_path,
+        backbone = downstream_encoder(self.encoder, img_size=opts.image_size, drop_path_rate=opts.drop_path,
                                       dynamic_img_size=True)
         detector = build_mask_rcnn(backbone, len(self.classes) + 1, min_size=opts.image_size,
                                    max_size=opts.image_size, image_mean=data["mean"], image_std=data["std"],
@@ -220,14 +132,10 @@ class DetectionTask(transfer.DenseTransferTask):
                              f"instances json of the split the shards were made from (or re-shard the split)")
 
     @classmethod
-    def from_job(cls, job: dict) -> DetectionTask:
+    def job_extras(cls, job: dict) -> dict:
         if not job.get("gt_json"):
             raise ValueError("a detection job needs gt_json: the val split's instances json (AP is scored against it)")
-        run = yaml.safe_load(Path(job["run_config"]).read_text())
-        return cls(run, Path(job["checkpoint"]), Path(job["train_manifest"]), Path(job["val_manifest"]),
-                   Path(job["gt_json"]), DetectionOptions.from_config(job["options"]), job["data"],
-                   result_path=job.get("result"), examples_path=job.get("examples"),
-                   checkpoint_sha256=job.get("checkpoint_sha256"))
+        return {"gt_json": Path(job["gt_json"]), "examples_path": job.get("examples")}
 
     # ------------------------------------------------------------------ data
     def augment(self) -> DetAugment:
@@ -285,7 +193,7 @@ class DetectionTask(transfer.DenseTransferTask):
             self.model.train()
         found, ids = gather_results(found), gather_results(ids)
         metrics = self.evaluator.evaluate(found, image_ids=ids) if env.is_main else None
-        metrics = transfer.broadcast_from_main(metrics, env)
+        metrics = transfer.broadcast_from_main(metrics, env)  # (a module attribute: the tests replace it)
         self.coco_summary = metrics.pop("summary")
         metrics["detections"] = len(found)
         return metrics
@@ -297,37 +205,22 @@ class DetectionTask(transfer.DenseTransferTask):
                 "labels": out["labels"][keep], "scores": out["scores"][keep],
                 "masks": out["masks"][keep, 0] > self.opts.mask_threshold}
 
-    def evaluate(self, ctx: Context) -> dict:
-        return self.score(ctx)
-
     # ------------------------------------------------------------------ outputs
     def export(self, ctx: Context, step: int) -> None:
         """The trained detector (encoder + pyramid + heads) with what it takes to rebuild it."""
-        state = {k: v.detach().cpu().clone() for k, v in self.model.detector.state_dict().items()}
-        io.torch_save({"format": MODEL_FORMAT, "model": state, "classes": self.classes,
-                       "category_ids": [self.evaluator.label_to_category[i + 1] for i in range(len(self.classes))],
-                       "encoder_spec": self.run["encoder"], "options": transfer.options_dict(self.opts),
-                       "task": RESULT_TASK, "run": self.run["run"], "step": step}, ctx.files.checkpoint)
+        self.export_model(ctx, step, self.model.detector, options=as_dict(self.opts),
+                          category_ids=[self.evaluator.label_to_category[i + 1] for i in range(len(self.classes))])
 
     def write_result(self, ctx: Context, summary: dict, final: dict | None) -> None:
         if self.examples_path is not None:
             self.write_examples(self.examples_path)
-        if self.result_path is None:
-            return
         final = dict(final or {})
         detections = final.pop("detections", None)
-        protocol = {**transfer.options_dict(self.opts), "base_lr": self.options.base_lr,
-                    "num_classes": len(self.classes), "gt_json": str(self.gt_json)}
-        record = results.record(
-            RESULT_TASK, self.run, final, protocol=protocol,
-            checkpoint=results.checkpoint_info(self.checkpoint_path, self.ckpt_meta, self.checkpoint_sha256),
-            dataset={"name": self.data["dataset"], "train_samples": self.train_manifest["num_samples"],
-                     "val_samples": self.val_samples, "num_classes": len(self.classes),
-                     "gt_images": len(self.evaluator.image_ids)},
-            wall_time_s=summary["wall_time_s"], training=summary, classes=self.classes, detections=detections,
-            coco_summary=self.coco_summary, examples=str(self.examples_path) if self.examples_path else None,
-            trainable_parameters=sum(p.numel() for p in self.model.parameters() if p.requires_grad))
-        results.write(self.result_path, record)
+        protocol = {**as_dict(self.opts), "base_lr": self.options.base_lr, "num_classes": len(self.classes),
+                    "gt_json": str(self.gt_json)}
+        self.write_record(summary, final, protocol, dataset={"gt_images": len(self.evaluator.image_ids)},
+                          classes=self.classes, detections=detections, coco_summary=self.coco_summary,
+                          examples=str(self.examples_path) if self.examples_path else None)
 
     def write_examples(self, path: Path) -> None:
         """image | ground truth | prediction (see example_detections; each box captioned with its class

@@ -20,72 +20,25 @@ the frozen encoder through the same code.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 
 from cmim.data.augment import normalize, to_unit
 from cmim.data.classify import finetune_loader
-from cmim.data.loader import class_names, eval_loader, read_manifest
+from cmim.data.loader import eval_loader
 from cmim.data.views import ViewSpec, eval_view
+from cmim.errors import CheckpointError
 from cmim.evals import classify, results
 from cmim.models.vit import LayerNorm6
-from cmim.train import checkpoint as ckpt
-from cmim.train.task import Context, LoopOptions, TrainTask
+from cmim.options import SELECTION_KEYS, as_dict, from_dict
+from cmim.options.evals import FinetuneOptions, PartialFinetuneOptions
+from cmim.tasks.transfer import TransferTask
+from cmim.train.flops import classifier_flops
+from cmim.train.task import Context, layer_decay_groups
 
 EVAL_BATCH = 256
-
-
-@dataclass(frozen=True)
-class FinetuneOptions:
-    """evaluations.finetune / partial_finetune in the config schema (same names and defaults)."""
-
-    epochs: int = 100
-    warmup_epochs: float = 5
-    samples_per_epoch: int | None = None
-    batch_size: int = 1024
-    accum_steps: int = 1
-    base_lr: float = 5e-4
-    min_lr: float = 1e-6
-    layer_decay: float = 0.65
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
-    drop_path: float = 0.1
-    pool: str = "avg"
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    label_smoothing: float = 0.1
-    rand_augment: str | None = "rand-m9-mstd0.5-inc1"
-    reprob: float = 0.25
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    hflip_prob: float = 0.5
-    grad_clip: float | None = None
-    max_val_samples: int | None = None
-    eval_every_epochs: int = 1
-    precision: str = "auto"
-    compile: str = "off"
-    seed: int = 0
-    checkpoint_every_steps: int = 1000
-    log_every_steps: int = 50
-    blocks: tuple[int, ...] | None = None    # partial_finetune's list (one job per entry)
-
-    @classmethod
-    def from_config(cls, spec: dict) -> FinetuneOptions:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(spec) - names - {"runs", "per_run", "dataset"})
-        if unknown:
-            raise ValueError(f"unknown finetune option(s) {unknown}; valid: {sorted(names)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k in names}
-        return cls(**values)
-
-    def loop(self) -> LoopOptions:
-        return LoopOptions.from_dict({f.name: getattr(self, f.name) for f in fields(self)})
 
 
 def build_classifier(encoder: nn.Module, num_classes: int, opts: FinetuneOptions, image_size: int) -> nn.Module:
@@ -108,7 +61,7 @@ def build_classifier(encoder: nn.Module, num_classes: int, opts: FinetuneOptions
     result = vit.load_state_dict(state, strict=False)
     fresh = {k for k in vit.state_dict() if k.startswith(("head.", "fc_norm."))}
     if set(result.missing_keys) - fresh or result.unexpected_keys:
-        raise ckpt.CheckpointError(f"the encoder's weights do not fit the classifier: missing "
+        raise CheckpointError(f"the encoder's weights do not fit the classifier: missing "
                                    f"{sorted(set(result.missing_keys) - fresh)[:5]}, unexpected "
                                    f"{result.unexpected_keys[:5]}")
     nn.init.trunc_normal_(vit.head.weight, std=2e-5)
@@ -173,83 +126,51 @@ class FinetuneModel(nn.Module):
         return self.vit(self.inputs(images))
 
     def parameter_groups(self, weight_decay: float) -> list[dict]:
-        from timm.optim import param_groups_layer_decay
-
-        return param_groups_layer_decay(self.vit, weight_decay=weight_decay,
-                                        no_weight_decay_list=self.vit.no_weight_decay(),
-                                        layer_decay=self.opts.layer_decay)
+        return layer_decay_groups(self.vit, weight_decay, self.opts.layer_decay)
 
 
-class FinetuneTask(TrainTask):
+class FinetuneTask(TransferTask):
+    """End-to-end finetuning, or partial finetuning of the last `blocks` blocks."""
+
     name = "finetune"
+    options_class = FinetuneOptions
+    model_format = "cmim-classifier-v1"
 
     def __init__(self, run: dict, checkpoint_path: Path, train_manifest: Path, val_manifest: Path,
-                 opts: FinetuneOptions,
-                 data: dict, *, blocks: int | None = None, result_path: Path | None = None,
+                 opts: FinetuneOptions, data: dict, *, blocks: int | None = None, result_path: Path | None = None,
                  checkpoint_sha256: str | None = None) -> None:
-        self.run, self.opts, self.data, self.blocks = run, opts, data, blocks
-        self.train_manifest_path, self.val_manifest_path = Path(train_manifest), Path(val_manifest)
-        self.result_path = Path(result_path) if result_path else None
-        self.task_name = "finetune" if blocks is None else f"partial_finetune-k{blocks}"
-        self.train_manifest = read_manifest(train_manifest)
-        val = read_manifest(val_manifest)
-        self.classes = class_names(self.train_manifest)
+        self.blocks = blocks
+        self.result_task = "finetune" if blocks is None else f"partial_finetune-k{blocks}"
+        super().__init__(run, checkpoint_path, train_manifest, val_manifest, opts, data, result_path=result_path,
+                         checkpoint_sha256=checkpoint_sha256)
+        self.classes = [c["name"] for c in self.class_records]
         if len(self.classes) < 2:
             raise ValueError(f"{train_manifest}: finetuning needs a labelled dataset with >= 2 classes, "
                              f"found {len(self.classes)}")
-        if class_names(val) != self.classes:
-            raise ValueError(f"{val_manifest}: its classes differ from the train split's ({len(class_names(val))} vs "
-                             f"{len(self.classes)}: {sorted(set(class_names(val)) ^ set(self.classes))[:5]}); "
-                             f"train and val must share one class list")
-        self.val_samples = min(val["num_samples"], opts.max_val_samples or val["num_samples"])
-        self.checkpoint_path = Path(checkpoint_path)
-        encoder, self.ckpt_meta = ckpt.load_encoder(self.checkpoint_path, expected_spec=run["encoder"])
-        if encoder is None:
-            raise ValueError(f"run {run['run']}: the raw_pixels baseline has no encoder to finetune")
-        self.checkpoint_sha256 = checkpoint_sha256 or ckpt.file_sha256(self.checkpoint_path)
-        micro = opts.batch_size // opts.accum_steps
-        if (opts.mixup > 0 or opts.cutmix > 0) and micro % 2:
-            raise ValueError(f"{self.task_name}.batch_size: timm's Mixup needs an even batch per step, got "
-                             f"{opts.batch_size} / accum_steps {opts.accum_steps}")
-        self.options = opts.loop()
         torch.manual_seed(opts.seed)
-        vit = build_classifier(encoder, len(self.classes), opts, data["image_size"])
+        vit = build_classifier(self.encoder, len(self.classes), opts, data["image_size"])
         if blocks is not None:
             freeze_all_but_last(vit, blocks)
         self.model = FinetuneModel(vit, opts, len(self.classes), data["mean"], data["std"])
-        self.started = time.time()
 
     @classmethod
-    def from_job(cls, job: dict) -> FinetuneTask:
-        run = yaml.safe_load(Path(job["run_config"]).read_text())
-        return cls(run, Path(job["checkpoint"]), Path(job["train_manifest"]), Path(job["val_manifest"]),
-                   FinetuneOptions.from_config(job["options"]), job["data"], blocks=job.get("blocks"),
-                   result_path=job.get("result"), checkpoint_sha256=job.get("checkpoint_sha256"))
+    def job_options(cls, job: dict) -> FinetuneOptions:
+        partial = job.get("blocks") is not None
+        return from_dict(PartialFinetuneOptions if partial else FinetuneOptions, job["options"],
+                         "evaluations.partial_finetune" if partial else "evaluations.finetune", ignore=SELECTION_KEYS)
+
+    @classmethod
+    def job_extras(cls, job: dict) -> dict:
+        return {"blocks": job.get("blocks")}
 
     # ------------------------------------------------------------------ identity
     def identity(self) -> dict:
-        from cmim.config import config_hash
+        return {**super().identity(), "options": as_dict(self.opts, without=("blocks",)), "blocks": self.blocks}
 
-        return {"task": self.task_name, "run": config_hash(self.run), "checkpoint": self.checkpoint_sha256,
-                "options": {f.name: getattr(self.opts, f.name) for f in fields(self.opts) if f.name != "blocks"},
-                "blocks": self.blocks, "data": self.data,
-                "train": [s["sha256"] for s in self.train_manifest["shards"]]}
-
-    def describe(self) -> str:
-        return f"{self.run['run']}/{self.task_name}"
-
-    def summary_fields(self) -> dict:
-        return {"run": self.run["run"], "method": self.run["method"], "evaluation": self.task_name}
-
-    def manifests(self) -> list:
-        return [self.train_manifest_path, self.val_manifest_path]
-
-    def num_train_samples(self) -> int:
-        return self.train_manifest["num_samples"]
+    def identity_data(self) -> dict:
+        return self.data
 
     def analytic_flops_per_image(self, global_batch: int) -> float | None:
-        from cmim.train.flops import classifier_flops
-
         spec = self.run["encoder"]
         return classifier_flops(spec, len(self.classes), self.blocks, self.data["image_size"]).counted()
 
@@ -283,30 +204,13 @@ class FinetuneTask(TrainTask):
             return self.score(ctx)
         return None
 
-    def evaluate(self, ctx: Context) -> dict:
-        return self.score(ctx)
-
     def export(self, ctx: Context, step: int) -> None:
-        from cmim import io
-
-        io.torch_save({"format": "cmim-classifier-v1", "model": self.model.vit.state_dict(),
-                       "classes": self.classes, "encoder_spec": self.run["encoder"], "task": self.task_name,
-                       "run": self.run["run"], "step": step}, ctx.files.checkpoint)
+        self.export_model(ctx, step, self.model.vit)
 
     def write_result(self, ctx: Context, summary: dict, final: dict | None) -> None:
-        if self.result_path is None:
-            return
         history = results.eval_rows(ctx.files.metrics)
         history.append({"epoch": self.options.epochs, "step": summary["steps"], **final})
         best = max(history, key=lambda r: r["top1"])
-        protocol = {f.name: getattr(self.opts, f.name) for f in fields(self.opts) if f.name != "blocks"}
-        protocol.update(blocks=self.blocks, feature=self.opts.pool)
-        record = results.record(
-            self.task_name, self.run, final, protocol=protocol,
-            checkpoint=results.checkpoint_info(self.checkpoint_path, self.ckpt_meta, self.checkpoint_sha256),
-            dataset={"name": self.data["dataset"], "train_samples": self.train_manifest["num_samples"],
-                     "val_samples": self.val_samples, "num_classes": len(self.classes)},
-            wall_time_s=summary["wall_time_s"], history=history,
-            best={"top1": best["top1"], "epoch": best["epoch"]}, training=summary,
-            trainable_parameters=sum(p.numel() for p in self.model.parameters() if p.requires_grad))
-        results.write(self.result_path, record)
+        protocol = {**as_dict(self.opts, without=("blocks",)), "blocks": self.blocks, "feature": self.opts.pool}
+        self.write_record(summary, final, protocol, history=history,
+                          best={"top1": best["top1"], "epoch": best["epoch"]})

@@ -12,10 +12,12 @@ from pathlib import Path
 import torch
 
 from cmim import io
-from cmim.config import BASELINE_METHODS
-from cmim.data.loader import read_manifest, train_loader
+from cmim.data.loader import train_loader
+from cmim.data.manifest import read_manifest
+from cmim.options.loop import LoopOptions
+from cmim.study import BASELINE_METHODS
 from cmim.train import checkpoint as ckpt
-from cmim.train.task import Context, LoopOptions, TrainTask
+from cmim.train.task import Context, TrainTask
 
 
 class PretrainTask(TrainTask):
@@ -28,7 +30,7 @@ class PretrainTask(TrainTask):
             raise ValueError(f"run {run['run']}: {run['method']} is a baseline, nothing to train (write_baseline)")
         self.run, self.manifest_path = run, Path(manifest)
         self.manifest = read_manifest(self.manifest_path)
-        self.options = LoopOptions.from_dict(run)
+        self.options = LoopOptions.of_run(run)
         torch.manual_seed(run["seed"])  # same initial weights on every rank
         self.model = build_method(run)
 
@@ -102,7 +104,7 @@ def write_reconstructions(method, manifest_path: Path, path: Path, run: dict, de
 
 
 def ckpt_hash(run: dict) -> str:
-    from cmim.config import config_hash
+    from cmim.study import config_hash
 
     return config_hash(run)
 

@@ -12,7 +12,7 @@ of evaluations.ade20k:
   embeddings 0.65^(L + 1), neck and heads 1: mmseg's LayerDecayOptimizerConstructor);
 - schedule: 160k iterations, linear warmup 1500 iterations (mmseg starts at 1e-6 of the lr, we at 0),
   then poly with power 1 down to 0; fp16 there, bf16 autocast here (precision auto on a GPU);
-- data (cmim.data.dense): reduce_zero_label, random rescale 0.5-2.0 of (2048, 512), 512 crop with
+- data (cmim.data.segmentation): reduce_zero_label, random rescale 0.5-2.0 of (2048, 512), 512 crop with
   cat_max_ratio 0.75, flip 0.5, photometric distortion, padding (the mean colour, label 255);
 - test: resize to (2048, 512) (short side 512), slide inference with 512 windows every 341 px,
   logits resized to the original label, single-scale mIoU / mAcc / aAcc from one dataset-level
@@ -26,88 +26,32 @@ iteration (no checkpoint picking on val).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
-from cmim import io
 from cmim.data.augment import normalize, to_unit
-from cmim.data.dense import (
+from cmim.data.segmentation import (
     IGNORE_INDEX,
     SegAugment,
     segmentation_eval_samples,
     segmentation_train_loader,
 )
-from cmim.evals import dense_examples, results
+from cmim.evals import dense_examples
 from cmim.evals.miou import SegmentationMetric
 from cmim.models.upernet import UperNet, predict_labels, segmentation_loss
 from cmim.models.vit import downstream_encoder
-from cmim.tasks import transfer
-from cmim.train import checkpoint as ckpt
-from cmim.train import schedule
-from cmim.train.task import Context, LoopOptions
+from cmim.options import as_dict
+from cmim.options.evals import SegmentationOptions
+from cmim.tasks.transfer import TransferTask, finite_or_none
+from cmim.train.task import Context, layer_decay_groups
 
 RESULT_TASK = "ade20k"
 MODEL_FORMAT = "cmim-segmenter-v1"
 EVAL_ONLY = ("test_scale", "slide_crop", "slide_stride", "max_val_samples", "examples",
              "checkpoint_every_steps", "log_every_steps")   # options that never change the trained weights
-
-
-@dataclass(frozen=True)
-class SegmentationOptions:
-    """evaluations.ade20k in the config schema (same names, order and defaults): mmseg's MAE UperNet recipe."""
-
-    iters: int = 160000                              # optimiser steps (mmseg's 160k schedule)
-    warmup_iters: int = 1500                         # linear warmup, in steps
-    batch_size: int = 16                             # global batch (mmseg: 8 GPUs x 2)
-    accum_steps: int = 1
-    lr: float = 1e-4                                 # ABSOLUTE peak lr (the dense recipes quote it so)
-    min_lr: float = 0.0                              # end of the poly decay
-    poly_power: float = 1.0
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
-    layer_decay: float = 0.65
-    drop_path: float = 0.1
-    grad_clip: float | None = None                   # mmseg's MAE recipe clips nothing
-    crop_size: int = 512                             # training crop; the encoder runs at this size
-    scale: tuple[int, int] = (2048, 512)             # (long, short) edge that the random ratio multiplies
-    ratio_range: tuple[float, float] = (0.5, 2.0)
-    cat_max_ratio: float = 0.75                      # crop redrawn while one class covers >= this share
-    flip_prob: float = 0.5
-    photometric: bool = True
-    reduce_zero_label: bool = True                   # ADE20K: 0 "other" -> ignored, id v -> label v - 1
-    channels: int = 768                              # UPerHead width (the MAE config; UperNet's base file: 512)
-    aux_channels: int = 256                          # auxiliary FCN head width
-    aux_weight: float = 0.4
-    dropout: float = 0.1                             # Dropout2d before both classifiers
-    test_scale: tuple[int, int] = (2048, 512)        # (long, short) edge of the test resize
-    slide_crop: int = 512                            # slide-inference window
-    slide_stride: int = 341
-    max_val_samples: int | None = None               # score the first N val images (manifest order)
-    examples: int = 4                                # val images drawn in the examples PNG
-    precision: str = "auto"
-    compile: str = "off"
-    seed: int = 0
-    checkpoint_every_steps: int = 1000
-    log_every_steps: int = 50
-
-    @classmethod
-    def from_config(cls, spec: dict) -> SegmentationOptions:
-        return transfer.options_from_config(cls, spec, "ade20k")
-
-    def loop(self) -> LoopOptions:
-        """The engine's view: the absolute lr becomes base_lr (schedule.base_lr_of), poly schedule."""
-        return LoopOptions(epochs=1, iters=self.iters, warmup_iters=self.warmup_iters, batch_size=self.batch_size,
-                           accum_steps=self.accum_steps, base_lr=schedule.base_lr_of(self.lr, self.batch_size),
-                           min_lr=self.min_lr, lr_schedule="poly", poly_power=self.poly_power,
-                           weight_decay=self.weight_decay, betas=tuple(self.betas), grad_clip=self.grad_clip,
-                           precision=self.precision, compile=self.compile, seed=self.seed,
-                           checkpoint_every_steps=self.checkpoint_every_steps,
-                           log_every_steps=self.log_every_steps)
 
 
 class SegmentationModel(nn.Module):
@@ -125,61 +69,37 @@ class SegmentationModel(nn.Module):
         return segmentation_loss(out, batch["labels"], IGNORE_INDEX, self.opts.aux_weight)
 
     def parameter_groups(self, weight_decay: float) -> list[dict]:
-        from timm.optim import param_groups_layer_decay
-
-        return param_groups_layer_decay(self.net, weight_decay=weight_decay,
-                                        no_weight_decay_list=self.net.no_weight_decay(),
-                                        layer_decay=self.opts.layer_decay)
+        return layer_decay_groups(self.net, weight_decay, self.opts.layer_decay)
 
 
-class SegmentationTask(transfer.DenseTransferTask):
+class SegmentationTask(TransferTask):
     name = "segmentation"
-    result_task, eval_only = RESULT_TASK, EVAL_ONLY
+    result_task, options_class, model_format, eval_only = RESULT_TASK, SegmentationOptions, MODEL_FORMAT, EVAL_ONLY
 
     def __init__(self, run: dict, checkpoint_path: Path, train_manifest: Path, val_manifest: Path,
                  opts: SegmentationOptions, data: dict, *, result_path: Path | None = None,
                  examples_path: Path | None = None, checkpoint_sha256: str | None = None) -> None:
-        self.run, self.opts, self.data = run, opts, data
-        self.train_manifest_path, self.val_manifest_path = Path(train_manifest), Path(val_manifest)
-        self.result_path = Path(result_path) if result_path else None
+        super().__init__(run, checkpoint_path, train_manifest, val_manifest, opts, data, result_path=result_path,
+                         checkpoint_sha256=checkpoint_sha256)
         self.examples_path = Path(examples_path) if examples_path else None
-        self.train_manifest, val, classes = transfer.shared_classes(train_manifest, val_manifest, "ade20k")
         # label k = the k-th class by id (reduce_zero_label) or label 0 = "other", k + 1 = the k-th class
-        self.classes = ([] if opts.reduce_zero_label else ["other"]) + [c["name"] for c in classes]
-        self.val_samples = min(val["num_samples"], opts.max_val_samples or val["num_samples"])
-        self.checkpoint_path = Path(checkpoint_path)
-        encoder, self.ckpt_meta = transfer.pretrained_encoder(run, self.checkpoint_path, "ade20k")
-        self.checkpoint_sha256 = checkpoint_sha256 or ckpt.file_sha256(self.checkpoint_path)
-        self._check(encoder)
-        self.options = opts.loop()
+        self.classes = ([] if opts.reduce_zero_label else ["other"]) + [c["name"] for c in self.class_records]
+        patch = self.encoder.patch_embed.patch_size[0]
+        for key in ("crop_size", "slide_crop"):
+            if getattr(opts, key) % patch:
+                raise ValueError(f"ade20k.{key} {getattr(opts, key)} is not a multiple of the encoder's patch "
+                                 f"size {patch}")
         torch.manual_seed(opts.seed)  # the same heads on every rank
-        backbone = downstream_encoder(encoder, img_size=opts.crop_size, drop_path_rate=opts.drop_path,
+        backbone = downstream_encoder(self.encoder, img_size=opts.crop_size, drop_path_rate=opts.drop_path,
                                       dynamic_img_size=opts.slide_crop != opts.crop_size)
         net = UperNet(backbone, len(self.classes), channels=opts.channels, aux_channels=opts.aux_channels,
                       dropout=opts.dropout)
         self.model = SegmentationModel(net, opts, data["mean"], data["std"])
         self.examples: list[dict] = []
 
-    def _check(self, encoder) -> None:
-        opts = self.opts
-        patch = encoder.patch_embed.patch_size[0]
-        for key in ("crop_size", "slide_crop"):
-            if getattr(opts, key) % patch:
-                raise ValueError(f"ade20k.{key} {getattr(opts, key)} is not a multiple of the encoder's patch "
-                                 f"size {patch}")
-        micro = opts.batch_size // opts.accum_steps
-        if micro < 2:
-            raise ValueError(f"ade20k.batch_size: the heads' BatchNorm needs >= 2 images per step, got "
-                             f"{opts.batch_size} / accum_steps {opts.accum_steps}")
-        if not 0 < opts.slide_stride <= opts.slide_crop:
-            raise ValueError(f"ade20k.slide_stride {opts.slide_stride} must be in 1..slide_crop ({opts.slide_crop})")
-
     @classmethod
-    def from_job(cls, job: dict) -> SegmentationTask:
-        run = yaml.safe_load(Path(job["run_config"]).read_text())
-        return cls(run, Path(job["checkpoint"]), Path(job["train_manifest"]), Path(job["val_manifest"]),
-                   SegmentationOptions.from_config(job["options"]), job["data"], result_path=job.get("result"),
-                   examples_path=job.get("examples"), checkpoint_sha256=job.get("checkpoint_sha256"))
+    def job_extras(cls, job: dict) -> dict:
+        return {"examples_path": job.get("examples")}
 
     # ------------------------------------------------------------------ data
     def augment(self) -> SegAugment:
@@ -222,40 +142,25 @@ class SegmentationTask(transfer.DenseTransferTask):
         metric.confusion = metric.confusion.to(env.device)  # a rank without samples still joins the sum
         metric.all_reduce()
         scores = metric.compute()
-        return {"mIoU": transfer.finite_or_none(scores["mIoU"]), "mAcc": transfer.finite_or_none(scores["mAcc"]),
-                "aAcc": transfer.finite_or_none(scores["aAcc"]),
+        return {"mIoU": finite_or_none(scores["mIoU"]), "mAcc": finite_or_none(scores["mAcc"]),
+                "aAcc": finite_or_none(scores["aAcc"]),
                 "per_class_iou": dict(zip(self.classes, scores["per_class_iou"])),
                 "per_class_acc": dict(zip(self.classes, scores["per_class_acc"]))}
-
-    def evaluate(self, ctx: Context) -> dict:
-        return self.score(ctx)
 
     # ------------------------------------------------------------------ outputs
     def export(self, ctx: Context, step: int) -> None:
         """The trained segmenter (encoder + neck + heads) with what it takes to rebuild it."""
-        state = {k: v.detach().cpu().clone() for k, v in self.model.net.state_dict().items()}
-        io.torch_save({"format": MODEL_FORMAT, "model": state, "classes": self.classes,
-                       "encoder_spec": self.run["encoder"], "options": transfer.options_dict(self.opts),
-                       "task": RESULT_TASK, "run": self.run["run"], "step": step}, ctx.files.checkpoint)
+        self.export_model(ctx, step, self.model.net, options=as_dict(self.opts))
 
     def write_result(self, ctx: Context, summary: dict, final: dict | None) -> None:
         if self.examples_path is not None:
             self.write_examples(self.examples_path)
-        if self.result_path is None:
-            return
         final = dict(final or {})
         per_class = {"per_class_iou": final.pop("per_class_iou", {}), "per_class_acc": final.pop("per_class_acc", {})}
-        protocol = {**transfer.options_dict(self.opts), "base_lr": self.options.base_lr,
-                    "num_classes": len(self.classes), "feature_blocks": self.model.net.indices}
-        record = results.record(
-            RESULT_TASK, self.run, final, protocol=protocol,
-            checkpoint=results.checkpoint_info(self.checkpoint_path, self.ckpt_meta, self.checkpoint_sha256),
-            dataset={"name": self.data["dataset"], "train_samples": self.train_manifest["num_samples"],
-                     "val_samples": self.val_samples, "num_classes": len(self.classes)},
-            wall_time_s=summary["wall_time_s"], training=summary, classes=self.classes,
-            examples=str(self.examples_path) if self.examples_path else None,
-            trainable_parameters=sum(p.numel() for p in self.model.parameters() if p.requires_grad), **per_class)
-        results.write(self.result_path, record)
+        protocol = {**as_dict(self.opts), "base_lr": self.options.base_lr, "num_classes": len(self.classes),
+                    "feature_blocks": self.model.net.indices}
+        self.write_record(summary, final, protocol, classes=self.classes,
+                          examples=str(self.examples_path) if self.examples_path else None, **per_class)
 
     def write_examples(self, path: Path) -> None:
         """image | ground truth | prediction for the first few val images (rank 0's share)."""

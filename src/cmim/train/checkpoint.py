@@ -17,6 +17,7 @@ Failure rules (a kill or a full disk can strike inside any write):
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 from pathlib import Path
@@ -25,8 +26,9 @@ from typing import Any
 import torch
 
 from cmim import io
-from cmim.errors import CheckpointError  # noqa: F401  (raised here, importable from here)
-from cmim.evals.results import encoder_label  # noqa: F401
+from cmim.errors import CheckpointError
+from cmim.paths import RunFiles
+from cmim.study import encoder_label
 
 ENCODER_FORMAT = "cmim-encoder-v1"
 KEEP_RESUME = 2
@@ -175,3 +177,22 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def link_epoch_export(run_dir: Path, epoch: int, out: Path, log=print) -> None:
+    """Materialise a run's epoch checkpoint (exported under resume/ while training) as a rule output:
+    a hard link (no second copy of a large encoder), a copy where links are not possible."""
+    source = RunFiles(Path(run_dir)).resume_epoch_checkpoint(epoch)
+    if not source.exists():
+        raise CheckpointError(f"{source} not found: run {run_dir} did not save epoch {epoch} (is it in "
+                              f"its checkpoint_epochs? was resume/ deleted?); re-run its pretraining "
+                              f"(snakemake --force {run_dir}/checkpoint.pt)")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    try:
+        os.link(source, out)
+    except OSError:
+        with io.atomic_path(out) as tmp:
+            shutil.copyfile(source, tmp)
+    log(f"[epoch checkpoint] {out} -> {source}")

@@ -27,22 +27,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from cmim import io
-from cmim.config import config_hash
+from cmim.errors import NonFiniteLoss, RunLocked
 from cmim.paths import RunFiles
+from cmim.study import config_hash
 from cmim.train import checkpoint as ckpt
 from cmim.train import distributed, flops, progress
 from cmim.train.signals import StopFlags
 from cmim.train.task import Context, Plan, TrainTask
 
 INPUT_BOUND = 0.25   # a logging window that waits this share of its time on the loader is input-bound
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN/inf; the last good checkpoint is left intact."""
-
-
-class RunLocked(RuntimeError):
-    """Another process is training this run right now."""
 
 
 def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
@@ -126,14 +119,6 @@ def _write_error(what: Path, e: OSError, last_state) -> OSError:
     return OSError(e.errno, f"cannot write {what}: {why}. Nothing already saved was damaged; free space "
                             f"(or fix the folder's permissions) and run again: training resumes from "
                             f"{last_state or 'the start (no state saved yet)'}")
-
-
-def pretrainer(run: dict, manifest: Path, files: RunFiles, env: distributed.DistEnv, *, num_workers: int = 0,
-               log=print) -> Trainer:
-    """The Trainer of one pretraining run (what the pretrain rule's job runs)."""
-    from cmim.tasks.pretrain import PretrainTask
-
-    return Trainer(PretrainTask(run, manifest), files, env, num_workers=num_workers, log=log)
 
 
 class Trainer:

@@ -214,7 +214,7 @@ METHOD_FLOPS = {"mae": _mae, "can": _can, "cmae": _cmae, "simclr": _simclr}
 
 
 def method_flops(run: dict, negatives: int) -> Flops:
-    """Per-image FLOPs of a pretraining step of a resolved run (config.resolve_run). `negatives`:
+    """Per-image FLOPs of a pretraining step of a resolved run (cmim.study.resolve_run). `negatives`:
     the images whose views are contrastive candidates (the global batch when they are gathered)."""
     if run["method"] not in METHOD_FLOPS:
         raise ValueError(f"no FLOP model for method {run['method']!r}; known: {sorted(METHOD_FLOPS)}")

@@ -10,6 +10,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from cmim import io
+
 
 def format_eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(max(0, seconds))))
@@ -131,9 +133,7 @@ def append_jsonl(path: Path, row: dict) -> None:
 
 
 def _append_error(e: OSError, path: Path) -> OSError:
-    from cmim.io import _named
-
-    return _named(e, Path(path))
+    return io.named_write_error(e, Path(path))
 
 
 def read_jsonl(path: Path, log=None) -> list[dict]:
@@ -157,6 +157,4 @@ def truncate_jsonl(path: Path, max_step: int, log=None) -> None:
     if not path.exists():
         return
     keep = [r for r in read_jsonl(path, log) if r.get("step", 0) <= max_step]
-    from cmim import io
-
     io.write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))

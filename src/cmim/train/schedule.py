@@ -1,21 +1,9 @@
-"""Derived training quantities, each from one named function whose docstring holds the formula."""
+"""Derived training quantities, each from one named function whose docstring holds the formula
+(the lr scaling rule is cmim.options.loop.absolute_lr, beside the keys it reads)."""
 
 from __future__ import annotations
 
 import math
-
-
-def absolute_lr(base_lr: float, batch_size: int) -> float:
-    """lr = base_lr x batch_size / 256, batch_size = the global effective batch (all ranks x all
-    accumulation steps). MAE, CAN and CMAE all scale this way; keep base_lr when shrinking a batch."""
-    return base_lr * batch_size / 256
-
-
-def base_lr_of(lr: float, batch_size: int) -> float:
-    """base_lr = lr x 256 / batch_size: the inverse of `absolute_lr`. The dense recipes (mmseg's
-    UperNet, detectron2's ViTDet) quote the absolute lr of their batch; stored as a base lr, the loop
-    reaches exactly that lr at that batch (and the same lr at any other: it is absolute)."""
-    return lr * 256 / batch_size
 
 
 def steps_per_epoch(samples_per_epoch: int, batch_size: int) -> int:

@@ -11,7 +11,6 @@ groups, what it exports and what it scores at the end.
 from __future__ import annotations
 
 import abc
-import dataclasses
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,48 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from cmim.options.loop import LoopOptions, absolute_lr
 from cmim.train import schedule
-
-
-@dataclass(frozen=True)
-class LoopOptions:
-    """The keys of a run (or of a training evaluation) that fix the loop; the schema holds their defaults.
-
-    Pretraining reads them from the run, finetuning / segmentation / detection from their
-    `evaluations.<task>` block, so one validated vocabulary serves every trained job.
-    """
-
-    epochs: int                                  # passes of samples_per_epoch (ignored when `iters` is set)
-    batch_size: int                              # global batch: all ranks x all accumulation steps
-    base_lr: float                               # lr = base_lr x batch_size / 256
-    warmup_epochs: float = 0.0                   # linear warmup, per iteration
-    warmup_iters: int | None = None              # warmup in optimiser steps (overrides warmup_epochs)
-    iters: int | None = None                     # total optimiser steps (iteration schedules: mmseg's 160k)
-    samples_per_epoch: int | None = None         # None = the train split's size
-    accum_steps: int = 1
-    min_lr: float = 0.0
-    lr_schedule: str = "cosine"                  # cosine | poly | step
-    poly_power: float = 1.0                      # poly: (1 - t)^power
-    lr_drops: tuple[float, ...] = ()             # step: fractions of the run where lr is multiplied by 0.1
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float | None = None
-    precision: str = "auto"
-    compile: str = "off"
-    seed: int = 0
-    checkpoint_every_steps: int = 500
-    log_every_steps: int = 50
-    checkpoint_epochs: tuple[int, ...] = ()      # epochs whose model the task exports (pretraining)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> LoopOptions:
-        """The loop keys of a resolved run / evaluation block; other keys belong to the task."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: d[k] for k in names if k in d}
-        for key in ("betas", "lr_drops", "checkpoint_epochs"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -87,7 +46,7 @@ class Plan:
         return cls(samples_per_epoch=samples, steps_per_epoch=per_epoch, epochs=epochs, total_steps=total,
                    warmup_steps=min(warmup, total),
                    micro_batch=schedule.micro_batch_size(opts.batch_size, world_size, opts.accum_steps),
-                   peak_lr=schedule.absolute_lr(opts.base_lr, opts.batch_size))
+                   peak_lr=absolute_lr(opts.base_lr, opts.batch_size))
 
     def lr_at(self, step: int, opts: LoopOptions) -> float:
         return schedule.lr_at(step, self.total_steps, self.warmup_steps, self.peak_lr, opts.min_lr,
@@ -175,3 +134,14 @@ class TrainTask(abc.ABC):
 
     def write_result(self, ctx: Context, summary: dict, final: dict | None) -> None:  # noqa: B027 (optional hook)
         """Rank 0, last of all: the job's result file (the declared output of its rule), if it has one."""
+
+
+def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
+    """AdamW groups of a model built on a ViT, with layer-wise lr decay: timm's
+    `param_groups_layer_decay` (block i of L gets layer_decay^(L - i) of the lr, the embeddings
+    layer_decay^(L + 1), everything after the blocks 1), no weight decay on the model's
+    `no_weight_decay()` names, norms and biases. Finetuning, segmentation and detection all use it."""
+    from timm.optim import param_groups_layer_decay
+
+    return param_groups_layer_decay(model, weight_decay=weight_decay, no_weight_decay_list=model.no_weight_decay(),
+                                    layer_decay=layer_decay)

@@ -1,0 +1,46 @@
+"""What a `datasets.<name>` block means before any image is read: its reader, splits and demo tree.
+
+Light (no torch, no PIL): the config checks, the Snakefile's input functions and the report's
+provenance all ask it, and the readers (cmim.data.sources) take their split names from here.
+"""
+
+from __future__ import annotations
+
+from cmim.errors import FormatError
+
+# Source formats with a reader, and our split name -> the source's split name of each.
+DEFAULT_SPLITS = {"imagefolder": {"train": "train", "val": "val"},
+                  "ade20k": {"train": "training", "val": "validation"},
+                  "coco": {"train": "train2017", "val": "val2017"},
+                  "fashion-mnist": {"train": "train", "val": "t10k"}}
+READER_FORMATS = tuple(DEFAULT_SPLITS)
+# Generated demo trees are written in the real layouts, so they are read as the real thing.
+READER_FORMAT = {"demo-ade20k": "ade20k", "demo-coco": "coco"}
+DEMO_TREE = {"demo-ade20k": "ADEChallengeData2016", "demo-coco": "coco"}  # cmim.data.scene_trees.tree_root
+
+
+def check_format(fmt: str) -> None:
+    if fmt not in DEFAULT_SPLITS:
+        hint = " (demo-* trees are read with the ade20k / coco readers)" if fmt.startswith("demo-") else ""
+        raise FormatError(f"unknown source format {fmt!r}{hint}; valid: {sorted(DEFAULT_SPLITS)}")
+
+
+def default_splits(fmt: str) -> dict[str, str]:
+    """Our split name -> the source's split name, for a reader format."""
+    check_format(fmt)
+    return dict(DEFAULT_SPLITS[fmt])
+
+
+def reader_format(fmt: str) -> str:
+    """The reader of a dataset format (demo-ade20k -> ade20k)."""
+    return READER_FORMAT.get(fmt, fmt)
+
+
+def is_demo(cfg: dict, dataset: str) -> bool:
+    return cfg["datasets"][dataset]["format"].startswith("demo-")
+
+
+def splits(cfg: dict, dataset: str) -> dict[str, str]:
+    """The dataset's splits: our name -> the source's name (the config's, else the format's defaults)."""
+    ds = cfg["datasets"][dataset]
+    return ds["splits"] or default_splits(reader_format(ds["format"]))
