@@ -37,6 +37,14 @@ except ConfigError as e:
     raise WorkflowError(f"invalid config: {e}")
 
 
+# `snakemake --report` opens on what the study shows (results/summary.rst, written by the rule
+# report_summary from the tables' own outputs); before the study has run, on a short description.
+_SUMMARY = os.path.abspath(P.summary("rst"))
+
+
+report: _SUMMARY if os.path.exists(_SUMMARY) else "workflow/report/workflow.rst"
+
+
 # Where and how fast jobs run (the launch block) reaches them through the environment, not as a
 # tracked param: a new partition, time limit, launcher or worker count never retrains anything.
 # Job logs keep a traceback under the one-line error message.

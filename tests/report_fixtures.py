@@ -38,6 +38,7 @@ def study_raw(**extra) -> dict:
                  "can_no_noise": {"method": "can", "can": {"noise": False, "denoise_loss": False,
                                                            "sigma_embed": "off"}}},
         "evaluations": {"linear_probe": {"features": "cached"}, "finetune": {"runs": ["can", "mae"]}},
+        "report": {"scale": "small"},   # tiny Fashion-MNIST runs in the papers' rows
         "tables": {
             "can-abstract": {"rows": {"can": "can", "simclr": "simclr", "mae": "mae"}},
             "can-table1": {"rows": {"full": "can", "no_noise": "can_no_noise"}},

@@ -211,7 +211,7 @@ def cmd_linear_probe(args) -> int:
 
 
 def cmd_report(args) -> int:
-    if args.what in ("table", "figure"):  # a paper table / figure from its plan (workflow/rules/paper.smk)
+    if args.what in ("table", "figure", "summary"):  # from its plan (workflow/rules/paper.smk)
         return render.main([args.what, "--plan", args.plan, "--out", args.out])
     from cmim.report import tables
 
@@ -342,8 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_linear_probe)
 
     s = sub.add_parser("report", help="tables and figures")
-    s.add_argument("what", choices=["table", "figure", "probe-table", "eval-table", "loss-figure", "epochs-figure",
-                                    "partial-figure"])
+    s.add_argument("what", choices=["table", "figure", "summary", "probe-table", "eval-table", "loss-figure",
+                                    "epochs-figure", "partial-figure"])
     s.add_argument("--inputs", nargs="+", help="result files (per-task tables and figures)")
     s.add_argument("--plan", help="table / figure: the plan as JSON (or @file), as workflow/rules/paper.smk passes it")
     s.add_argument("--out", required=True)

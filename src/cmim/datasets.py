@@ -17,6 +17,9 @@ READER_FORMATS = tuple(DEFAULT_SPLITS)
 # Generated demo trees are written in the real layouts, so they are read as the real thing.
 READER_FORMAT = {"demo-ade20k": "ade20k", "demo-coco": "coco"}
 DEMO_TREE = {"demo-ade20k": "ADEChallengeData2016", "demo-coco": "coco"}  # cmim.data.scene_trees.tree_root
+# The dataset a format is, in the papers' names, when the config does not say (datasets.<d>.family).
+FORMAT_FAMILY = {"ade20k": "ADE20K", "coco": "COCO", "fashion-mnist": "Fashion-MNIST",
+                 "demo-ade20k": "demo scenes", "demo-coco": "demo scenes"}
 
 
 def check_format(fmt: str) -> None:
@@ -44,3 +47,9 @@ def splits(cfg: dict, dataset: str) -> dict[str, str]:
     """The dataset's splits: our name -> the source's name (the config's, else the format's defaults)."""
     ds = cfg["datasets"][dataset]
     return ds["splits"] or default_splits(reader_format(ds["format"]))
+
+
+def family(cfg: dict, dataset: str) -> str | None:
+    """Which dataset this is in the papers' names (ImageNet-1K, ADE20K, ...), None when unknown."""
+    ds = cfg["datasets"][dataset]
+    return ds.get("family") or FORMAT_FAMILY.get(ds["format"])

@@ -119,5 +119,10 @@ def figure(name: str, ext: str = "png") -> Path:
     return RESULTS / "figures" / f"{name}.{ext}"
 
 
+def summary(ext: str) -> Path:
+    """What the study shows, first: results/summary.rst (the report's landing page) and .md."""
+    return RESULTS / f"summary.{ext}"
+
+
 def log(stage: str, name: str) -> Path:
     return RESULTS / "logs" / stage / f"{name}.log"

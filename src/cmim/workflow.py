@@ -14,13 +14,13 @@ from cmim import paths, study
 from cmim.config import load_config, validate
 from cmim.datasets import DEMO_TREE, is_demo, reader_format, splits
 from cmim.errors import ConfigError
-from cmim.report import specs
+from cmim.report import spec_checks
 from cmim.report import targets as report_targets
 
 
 def checked(config: dict, source: str) -> dict:
     """A validated config whose `tables:` / `figures:` blocks also name real runs, rows and metrics."""
-    problems = specs.check(config)
+    problems = spec_checks.check(config)
     if problems:
         raise ConfigError(f"{source}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
     return config

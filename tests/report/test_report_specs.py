@@ -121,7 +121,8 @@ def test_a_plan_has_one_cell_per_row_and_column_and_reads_only_its_results():
     assert can["runs"] == ["can-s0", "can-s1", "can-s2"]
     assert can["cells"]["in1k_linear"]["files"]["can-s1"] == "results/eval/can-s1/linear_probe.json"
     assert can["cells"]["flops"]["files"]["can-s0"] == "results/pretrain/can-s0/summary.json"
-    assert plan["rows"][1]["cells"]["jft_finetune"] == {"status": "not configured", "files": {}}
+    simclr_finetune = plan["rows"][1]["cells"]["jft_finetune"]
+    assert (simclr_finetune["status"], simclr_finetune["files"]) == ("not configured", {})
     inputs = targets.table_inputs(cfg, "can-abstract")
     assert len(inputs) == 3 * 3 + 2 * 3 + 3 * 3   # probe (shared by 2 columns), finetune (can, mae), summaries
     assert all(p.startswith(("results/eval/", "results/pretrain/")) for p in inputs)
@@ -165,4 +166,33 @@ def test_rule_names_and_outputs():
                                                    "pdf": "results/figures/cmae-fig2.pdf"}
     for ident in [*papers.load()["tables"], *papers.load()["figures"]]:
         assert (ROOT / "workflow/report" / f"{ident}.rst").exists(), ident
-    assert Path(ROOT / "workflow/rules/paper.smk").read_text().count("localrule: True") == 2
+    assert Path(ROOT / "workflow/rules/paper.smk").read_text().count("localrule: True") == 3   # + the summary
+
+
+def test_every_filled_row_of_the_paper_study_is_a_run_of_the_rows_setting():
+    """paper.yaml at the papers' scale: each configured cell's run group has the paper number's arch,
+    pretraining data and epochs wherever the paper states them; the runs added for it are planned."""
+    cfg = load_config([ROOT / "workflow/configs/paper.yaml"])
+    assert cfg["report"]["scale"] == "full"
+    checked = 0
+    for tid in targets.table_ids(cfg):
+        if tid == "compute":
+            continue
+        plan = specs.table_plan(cfg, tid)
+        for row in plan["rows"]:
+            for cid, cell in row["cells"].items():
+                if not cell["runs"]:
+                    continue
+                ours, paper = cell["setting"]["ours"], cell["setting"]["paper"]
+                for key in ("arch", "epochs", "pretrain"):
+                    if paper[key] is not None:
+                        assert ours[key] == paper[key], (tid, row["id"], cid, key, ours, paper)
+                checked += 1
+    assert checked > 40
+    jft = specs.table_plan(cfg, "can-table2")
+    assert all(not c["runs"] for r in jft["rows"] for c in r["cells"].values())    # no JFT-300M data: not configured
+    flops = {r["id"]: r["cells"]["flops"]["runs"] for r in specs.table_plan(cfg, "can-abstract")["rows"]}
+    assert flops["can"] == ["can_l16_800"] and flops["simclr"] == ["simclr_l16_800"]   # equal epochs, ViT-L
+    targets_ = workflow.all_targets(cfg)
+    for run in ("mae_b16_300", "cmae_l16_1600"):
+        assert f"results/pretrain/{run}/checkpoint.pt" in targets_

@@ -66,6 +66,11 @@ RESULT_INFO = """JSON.stringify(Object.entries(results).map(([path, r]) => ({
     png: r.data_uri.startsWith('data:image/png') && r.data_uri.includes(';base64,')})))"""
 SHOWN_IFRAME = ("(() => { const f = document.querySelector('iframe'); "
                 "return f && f.src.startsWith('data:text/html') })()")
+SUMMARY_VISIBLE = ("(() => { const h = [...document.querySelectorAll('h1, h2, p, div')].find(e => "
+                   "e.childElementCount === 0 && e.textContent.trim() === 'What this study shows'); "
+                   "if (!h) return false; const r = h.getBoundingClientRect(); return r.width > 0 && r.height > 0 "
+                   "&& r.top >= 0 && r.bottom <= window.innerHeight && r.left >= 0 && r.right <= window.innerWidth; "
+                   "})()")
 SHOWN_IMAGE = ("(() => [...document.querySelectorAll('img')].some(i => i.src.startsWith('data:image/png') "
                "&& i.complete && i.naturalWidth > 100))()")
 
@@ -84,7 +89,7 @@ def test_report_opens_in_headless_chromium_without_console_errors(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     cfg = validate(raw)
     rules = [targets.rule_name("table", t) for t in targets.table_ids(cfg)] + \
-            [targets.rule_name("figure", f) for f in targets.figure_ids(cfg)]
+            [targets.rule_name("figure", f) for f in targets.figure_ids(cfg)] + ["report_summary"]
     outputs = targets.all_report_targets(cfg)
     common = ["--allowed-rules", *rules, "--"]
     snakemake(tmp_path, *common, *outputs, configfiles=[tmp_path / "config.yaml"])
@@ -93,13 +98,19 @@ def test_report_opens_in_headless_chromium_without_console_errors(tmp_path):
     changed = tmp_path / "results/eval/mae-s0/linear_probe.json"
     changed.write_text(changed.read_text().replace('"top1": 60.0', '"top1": 60.5'))  # (same bytes would not rerun)
     again = snakemake(tmp_path, "-n", *common, *outputs, configfiles=[tmp_path / "config.yaml"])
-    assert report_jobs(again) == {"paper_table_can_abstract", "paper_figure_can_epochs"}
+    assert report_jobs(again) == {"paper_table_can_abstract", "paper_figure_can_epochs"}   # (+ the summary)
     page = tmp_path / "report.html"
     assert page.stat().st_size > 100_000
 
     with Browser() as browser:
         browser.open(page.as_uri())
         browser.wait_for("document.querySelector('#app') && document.querySelector('#app').innerText.length > 50")
+        # the page opens on what the study shows (results/summary.rst), visible without a click
+        browser.wait_for(SUMMARY_VISIBLE, timeout=30)
+        landing = browser.evaluate("document.body.innerText")
+        assert "What this study shows" in landing and "CAN (Mishra et al. 2022)" in landing, landing[:800]
+        assert "3 hold" in landing and "small-scale study" in landing
+        shots = [browser.screenshot(tmp_path / "landing.png")]
         menu = browser.evaluate("document.body.innerText")
         assert {"CAN", "Study"} <= set(menu.split("\n")), menu[:500]
         info = {r["path"]: r for r in json.loads(browser.evaluate(RESULT_INFO))}
@@ -114,9 +125,8 @@ def test_report_opens_in_headless_chromium_without_console_errors(tmp_path):
             else:
                 assert r["mime"] == "image/png" and r["png"], path
         assert "76.00 ± 1.00 (n=3)" in info["results/tables/can-abstract.html"]["body"]
-        assert '<td class="holds">holds</td>' in info["results/tables/can-abstract.html"]["body"]
+        assert '<td class="holds">holds at our setting</td>' in info["results/tables/can-abstract.html"]["body"]
 
-        shots = []
         for path, shown in (("results/tables/can-abstract.html", SHOWN_IFRAME),
                             ("results/figures/can-epochs.png", SHOWN_IMAGE)):
             kind = "html" if path.endswith(".html") else "img"

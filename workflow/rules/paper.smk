@@ -51,3 +51,20 @@ for _fid in RT.figure_ids(CFG):
             "../../envs/cmim.yaml"
         shell:
             "python -m cmim report figure --plan {params.plan:q} --out {output.png} > {log} 2>&1"
+
+
+# What the study shows, first: the page `snakemake --report` opens on (the Snakefile's report: directive).
+rule report_summary:
+    localrule: True
+    input:
+        RT.summary_inputs(CFG),
+    output:
+        **RT.summary_outputs(),
+    params:
+        plan=RT.summary_plan_json(CFG),
+    log:
+        str(P.log("report", "summary")),
+    conda:
+        "../../envs/cmim.yaml"
+    shell:
+        "python -m cmim report summary --plan {params.plan:q} --out {output.rst} > {log} 2>&1"

@@ -12,12 +12,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from cmim.options.methods import kept_count
+
 
 def num_kept(length: int, ratio: float) -> int:
-    """MAE's count: int(L * (1 - ratio)) (truncation, not rounding)."""
-    if not 0 <= ratio < 1:
-        raise ValueError(f"mask ratio must be in [0, 1), got {ratio}")
-    return int(length * (1 - ratio))
+    """MAE's count: int(L * (1 - ratio)) (truncation, not rounding); the same count the config's
+    check of a run's reachable mask ratio uses (cmim.options.methods.kept_count)."""
+    return kept_count(length, ratio)
 
 
 def _from_shuffle(ids_shuffle: Tensor, keep: int) -> tuple[Tensor, Tensor, Tensor]:

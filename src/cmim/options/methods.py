@@ -39,10 +39,35 @@ class AugmentOptions:
             raise ValueError(f"augment.blur_sigma must satisfy 0 < min <= max, got {self.blur_sigma}")
 
 
-def _visible_problems(mask_ratio: float, grid: int) -> list[tuple[str, str]]:
-    if int(grid * grid * (1 - mask_ratio)) < 1:
+MASK_RATIO_TOLERANCE = 0.05   # a run must be able to mask within this of its mask_ratio on its grid
+
+
+def kept_count(units: int, ratio: float) -> int:
+    """MAE's count of kept patches (or blocks): int(units x (1 - ratio)), truncated, not rounded."""
+    if not 0 <= ratio < 1:
+        raise ValueError(f"mask ratio must be in [0, 1), got {ratio}")
+    return int(units * (1 - ratio))
+
+
+def effective_ratio(units: int, ratio: float) -> float:
+    """The share a ratio really masks when `units` patches (or blocks) are kept or removed whole."""
+    return 1 - kept_count(units, ratio) / units
+
+
+def _mask_problems(mask_ratio: float, grid: int, block: int = 1) -> list[tuple[str, str]]:
+    """No visible patch left, or a ratio the grid cannot come within MASK_RATIO_TOLERANCE of."""
+    units = (grid // block) ** 2
+    if kept_count(units, mask_ratio) < 1:
         return [("mask_ratio", f"{mask_ratio} leaves no visible patch on a {grid}x{grid} grid")]
-    return []
+    found = effective_ratio(units, mask_ratio)
+    if abs(found - mask_ratio) <= MASK_RATIO_TOLERANCE:
+        return []
+    reachable = sorted({round(1 - k / units, 4) for k in range(1, units + 1)})
+    near = sorted(reachable, key=lambda r: abs(r - mask_ratio))[:2]
+    what = f"the {grid}x{grid} patch grid" + (f" in {block}x{block}-patch blocks ({units} blocks)" if block > 1 else "")
+    return [("mask_ratio", f"{mask_ratio} masks {found:.1%} on {what}, more than {MASK_RATIO_TOLERANCE} away; the "
+                           f"nearest ratios it can mask are {' and '.join(f'{r:.1%}' for r in sorted(near))}: "
+                           f"choose one of them, or another patch_size" + (" / block_size" if block > 1 else ""))]
 
 
 @dataclass(frozen=True)
@@ -57,7 +82,11 @@ class MAEOptions:
 
     def grid_problems(self, grid: int) -> list[tuple[str, str]]:
         """(key, problem) of these options on a grid x grid patch grid."""
-        return _visible_problems(self.mask_ratio, grid)
+        return _mask_problems(self.mask_ratio, grid)
+
+    def effective_mask_ratio(self, grid: int) -> float:
+        """The share of patches really masked on a grid x grid patch grid."""
+        return effective_ratio(grid * grid, self.mask_ratio)
 
 
 @dataclass(frozen=True)
@@ -91,7 +120,10 @@ class CANOptions:
                              "(nothing to denoise or embed)")
 
     def grid_problems(self, grid: int) -> list[tuple[str, str]]:
-        return _visible_problems(self.mask_ratio, grid)
+        return _mask_problems(self.mask_ratio, grid)
+
+    def effective_mask_ratio(self, grid: int) -> float:
+        return effective_ratio(grid * grid, self.mask_ratio)
 
 
 @dataclass(frozen=True)
@@ -128,7 +160,11 @@ class CMAEOptions:
         if self.mask_type == "block" and grid % self.block_size:
             return [("block_size", f"{self.block_size} does not divide the {grid}x{grid} patch grid; use "
                                    f"mask_type: random or another block_size")]
-        return _visible_problems(self.mask_ratio, grid)
+        return _mask_problems(self.mask_ratio, grid, self.block_size if self.mask_type == "block" else 1)
+
+    def effective_mask_ratio(self, grid: int) -> float:
+        block = self.block_size if self.mask_type == "block" else 1
+        return effective_ratio((grid // block) ** 2, self.mask_ratio)
 
 
 @dataclass(frozen=True)
@@ -143,6 +179,9 @@ class SimCLROptions:
 
     def grid_problems(self, grid: int) -> list[tuple[str, str]]:
         return []
+
+    def effective_mask_ratio(self, grid: int) -> float:
+        return 0.0   # two full views, nothing masked
 
 
 METHOD_OPTIONS = {"mae": MAEOptions, "can": CANOptions, "cmae": CMAEOptions, "simclr": SimCLROptions}

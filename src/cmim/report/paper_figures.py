@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from cmim import io  # noqa: E402
 from cmim.report import paper_tables, papers  # noqa: E402
 from cmim.report.figures import _save  # noqa: E402
+from cmim.report.verdicts import summary  # noqa: E402
 
 COLORS = {"mae": "tab:blue", "can": "tab:orange", "cmae": "tab:green", "simclr": "tab:red",
           "random_init": "tab:gray", "raw_pixels": "black", "other": "tab:purple"}
@@ -49,7 +50,7 @@ def _read(path: str) -> dict | None:
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
-    s = paper_tables.stats(values)
+    s = summary(values)
     return s["mean"], s["std"]
 
 

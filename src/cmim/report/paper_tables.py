@@ -1,45 +1,39 @@
-"""Paper tables: the paper's number beside ours (mean ± std over seeds), both scales, the delta, and a
+"""Paper tables: the paper's number beside ours (mean ± std over seeds, n), both settings, and a
 verdict on each ordering claim the paper makes. One plan (cmim.report.specs.table_plan) in, one file
-set out: <id>.md for reading, <id>.csv + <id>.claims.csv for everything else, <id>.tex for papers and
-<id>.html for the Snakemake report.
+set out: <id>.md for reading, <id>.csv + <id>.claims.csv (one row per claim pair: n, difference, p)
+for everything else, <id>.tex for papers and <id>.html for the Snakemake report.
+
+What the report may claim (cmim.report.verdicts): a verdict comes from a Welch t-test over seeds,
+never from one sample; a difference to the paper's number, and "reproduced" / "off by", appear only
+at the paper's own setting (cmim.report.settings); elsewhere the cell says "other setting".
 """
 
 from __future__ import annotations
 
 import html
 import math
-import statistics
 from pathlib import Path
 
 import pandas as pd
 
 from cmim import io
 from cmim.evals import results
-from cmim.report import papers
-from cmim.report.specs import NO_TASK, NOT_CONFIGURED
-
-NOT_RUN = "not run"
-NO_VALUE = "no value"   # the result exists but does not hold this metric (e.g. no FLOPs for a baseline)
-HOLDS, FAILS, UNDECIDED = "holds", "fails", "undecided"
-VERDICT_RULE = (
-    "A claim 'A > B' holds when mean(A) - mean(B) > std(A) + std(B), fails when mean(B) - mean(A) > "
-    "std(A) + std(B), and is undecided otherwise (the difference lies within the seed spread). std is the "
-    "sample standard deviation over the run group's seeds (0 for one seed, so a one-seed verdict rests on "
-    "the sign of the difference alone; n is shown). A chain A > B > C holds when every adjacent pair "
-    "holds and fails when any pair fails; 'A over B, C' is read the same way over its pairs. A claim "
-    "whose rows are not configured or not run says so instead."
+from cmim.report import papers, settings
+from cmim.report.verdicts import (
+    FAILS,
+    HOLDS,
+    NO_VALUE,
+    NOT_RUN,
+    UNDECIDED,
+    Rule,
+    at_setting,
+    combine,
+    pair_tests,
+    summary,
+    versus_paper,
 )
 
-
 # ----------------------------------------------------------------------------- our numbers
-
-
-def stats(values: list[float]) -> dict:
-    """mean, sample std (0 for one value) and n."""
-    n = len(values)
-    if not n:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if n > 1 else 0.0, "n": n}
 
 
 def read_value(path: Path, task: str, metric: str) -> float | None:
@@ -47,17 +41,18 @@ def read_value(path: Path, task: str, metric: str) -> float | None:
     if task != "pretrain":
         value = results.read(path)["metrics"].get(metric)
         return None if value is None else float(value)
-    summary = io.read_json(path)
+    record = io.read_json(path)
     if metric == "total_flops":
-        per_image, images = summary.get("flops_per_image"), summary.get("images_seen")
+        per_image, images = record.get("flops_per_image"), record.get("images_seen")
         return per_image * images if per_image and images else None
-    return summary.get(metric)
+    return record.get(metric)
 
 
 def our_cell(cell: dict, column: dict) -> dict:
-    """Our side of one cell from its result files: status, per-run values, mean / std / n."""
+    """Our side of one cell from its result files: status, per-run values, mean / std / n, setting."""
+    setting = cell.get("setting") or {"ours": None, "same": False, "differs": []}
     if cell["status"] != "configured":
-        return {"status": cell["status"], "values": {}, **stats([]), "n_configured": 0}
+        return {"status": cell["status"], "values": {}, **summary([]), "n_configured": 0, "setting": setting}
     values = {}
     for run, path in cell["files"].items():
         if Path(path).exists():
@@ -66,7 +61,8 @@ def our_cell(cell: dict, column: dict) -> dict:
                 values[run] = v
     present = any(Path(p).exists() for p in cell["files"].values())
     status = "ok" if values else (NO_VALUE if present else NOT_RUN)
-    return {"status": status, "values": values, **stats(list(values.values())), "n_configured": len(cell["files"])}
+    return {"status": status, "values": values, **summary(list(values.values())),
+            "n_configured": len(cell["files"]), "setting": setting}
 
 
 def _relative(ours: dict[str, dict], ref: str) -> None:
@@ -93,28 +89,11 @@ def our_numbers(plan: dict) -> dict[str, dict[str, dict]]:
     return out
 
 
+def rule_of(plan: dict) -> Rule:
+    return Rule.of(plan.get("rule", {}))
+
+
 # ----------------------------------------------------------------------------- verdicts
-
-
-def pair_verdict(a: dict, b: dict) -> str:
-    """Does A > B hold over seeds? (see VERDICT_RULE)"""
-    for status in (NOT_CONFIGURED, NO_TASK, NOT_RUN, NO_VALUE):
-        if status in (a["status"], b["status"]):
-            return NOT_CONFIGURED if status == NO_TASK else status
-    diff, spread = a["mean"] - b["mean"], a["std"] + b["std"]
-    if diff > spread:
-        return HOLDS
-    if -diff > spread:
-        return FAILS
-    return UNDECIDED
-
-
-def combine(verdicts: list[str]) -> str:
-    """A claim over several pairs: any failing pair fails it; all must hold for it to hold."""
-    for v in (FAILS, NOT_CONFIGURED, NOT_RUN, NO_VALUE, UNDECIDED):
-        if v in verdicts:
-            return v
-    return HOLDS
 
 
 def paper_verdict(claim: dict, numbers: dict[str, dict]) -> str:
@@ -168,10 +147,11 @@ def fmt_scale(scale: dict | None) -> str:
     return f"{scale['dataset']}, {scale['arch']}, {scale['epochs']} ep"
 
 
-def delta(cell: dict, number: dict) -> float | None:
+def vs_paper(cell: dict, number: dict, rule: Rule) -> tuple[str, float | None]:
+    """(mark, difference): "reproduced", "off by -2.0", "other setting", or "-" (nothing to compare)."""
     if cell["status"] != "ok" or not papers.is_value(number["value"]):
-        return None
-    return cell["mean"] - number["value"]
+        return "-", None
+    return versus_paper(list(cell["values"].values()), number["value"], cell["setting"]["same"], rule)
 
 
 # ----------------------------------------------------------------------------- the table
@@ -179,12 +159,13 @@ def delta(cell: dict, number: dict) -> float | None:
 
 def cells_frame(plan: dict, ours: dict) -> pd.DataFrame:
     """One row per (paper row, column) cell."""
-    out = []
+    rule, out = rule_of(plan), []
     for row in plan["rows"]:
         for col in plan["columns"]:
             number, cell = row["paper"][col["id"]], ours[col["id"]][row["id"]]
-            d = delta(cell, number)
-            scale = row["scale"] or {}
+            plan_cell = row["cells"][col["id"]]
+            mark, d = vs_paper(cell, number, rule)
+            setting = cell["setting"]
             out.append({
                 "table": plan["id"], "row": row["id"], "row_title": row["title"], "column": col["id"],
                 "column_title": col["title"], "paper": fmt_paper(number),
@@ -194,12 +175,14 @@ def cells_frame(plan: dict, ours: dict) -> pd.DataFrame:
                 **{f"paper_{k}": number["setting"][k] for k in papers.SETTING_KEYS},
                 "paper_source": number["source"], "ours": fmt_ours(cell), "our_status": cell["status"],
                 "our_mean": cell["mean"], "our_std": cell["std"], "our_n": cell["n"],
-                "our_n_configured": cell["n_configured"], "our_scale": fmt_scale(row["scale"]),
-                "our_dataset": scale.get("dataset"), "our_arch": scale.get("arch"), "our_epochs": scale.get("epochs"),
-                "our_task": col.get("task"), "our_metric": col.get("metric"), "group": row["group"],
-                "runs": " ".join(row["cells"][col["id"]]["files"]) or None,
+                "our_n_configured": cell["n_configured"], "our_scale": fmt_scale(plan_cell.get("scale")),
+                "our_setting": settings.text(setting.get("ours")), "same_setting": bool(setting.get("same")),
+                "setting_differs": "; ".join(setting.get("differs", [])) or None,
+                "our_task": col.get("task"), "our_metric": col.get("metric"), "group": plan_cell.get("group"),
+                "runs": " ".join(plan_cell["files"]) or None,
                 "values": " ".join(f"{r}={v:.6g}" for r, v in cell["values"].items()) or None,
-                "delta": d, "delta_text": "-" if d is None else f"{d:+.2f}",
+                "delta": d, "vs_paper": mark,
+                "delta_text": mark if d is None else f"{d:+.2f} ({mark})",
             })
     return pd.DataFrame(out)
 
@@ -211,37 +194,65 @@ def _side(claim: dict, text: dict[str, str]) -> str:
     return f"{claim['over']} {text[claim['over']]} > " + ", ".join(f"{r} {text[r]}" for r in claim["than"])
 
 
-def claims_frame(plan: dict, ours: dict) -> pd.DataFrame:
-    out = []
-    rows_by_id = {r["id"]: r for r in plan["rows"]}
+def claim_results(plan: dict, ours: dict) -> list[dict]:
+    """Every claim with its tested pairs (cmim.report.verdicts) and its verdict."""
+    rule, rows_by_id, out = rule_of(plan), {r["id"]: r for r in plan["rows"]}, []
     for claim in plan["claims"]:
-        col = claim["column"]
-        rows = papers.claim_rows(claim)
-        numbers = {r: rows_by_id[r]["paper"][col] for r in rows}
+        col, rows = claim["column"], papers.claim_rows(claim)
         cells = ours[col]
-        pairs = [(hi, lo, pair_verdict(cells[hi], cells[lo])) for hi, lo in papers.claim_pairs(claim)]
+        pairs = pair_tests([(hi, lo, cells[hi], cells[lo]) for hi, lo in papers.claim_pairs(claim)], rule)
+        paper_setting = all(cells[r]["setting"].get("same") for r in rows)
+        verdict = at_setting(combine([p["verdict"] for p in pairs]), paper_setting)
+        numbers = {r: rows_by_id[r]["paper"][col] for r in rows}
         statement = (" > ".join(claim["order"]) if "order" in claim
                      else f"{claim['over']} > each of {', '.join(claim['than'])}")
-        out.append({"table": plan["id"], "claim": claim["id"], "column": col, "statement": statement,
-                    "paper": _side(claim, {r: fmt_paper(numbers[r]) for r in rows}),
+        out.append({"claim": claim, "pairs": pairs, "verdict": verdict, "statement": statement,
+                    "paper_setting": paper_setting, "numbers": numbers,
                     "paper_verdict": paper_verdict(claim, numbers),
-                    "ours": _side(claim, {r: fmt_ours(cells[r]) for r in rows}),
-                    "verdict": combine([v for _, _, v in pairs]),
-                    "pairs": "; ".join(f"{hi} > {lo}: {v}" for hi, lo, v in pairs), "source": claim["source"]})
-    return pd.DataFrame(out, columns=["table", "claim", "column", "statement", "paper", "paper_verdict", "ours",
-                                      "verdict", "pairs", "source"])
+                    "paper": _side(claim, {r: fmt_paper(numbers[r]) for r in rows}),
+                    "ours": _side(claim, {r: fmt_ours(cells[r]) for r in rows})})
+    return out
 
 
-def build(plan: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+CLAIM_FRAME = ["table", "claim", "column", "statement", "paper", "paper_verdict", "ours", "verdict", "pairs", "source"]
+
+
+def claims_frame(plan: dict, claims: list[dict]) -> pd.DataFrame:
+    """One row per claim (what the table shows)."""
+    out = []
+    for c in claims:
+        pairs = "; ".join(f"{p['a']} > {p['b']}: {p['verdict']} ({p['reason']})" if p["reason"] != p["verdict"]
+                          else f"{p['a']} > {p['b']}: {p['verdict']}" for p in c["pairs"])
+        out.append({"table": plan["id"], "claim": c["claim"]["id"], "column": c["claim"]["column"],
+                    "statement": c["statement"], "paper": c["paper"], "paper_verdict": c["paper_verdict"],
+                    "ours": c["ours"], "verdict": c["verdict"], "pairs": pairs, "source": c["claim"]["source"]})
+    return pd.DataFrame(out, columns=CLAIM_FRAME)
+
+
+def pairs_frame(plan: dict, claims: list[dict]) -> pd.DataFrame:
+    """One row per claim pair: n of each side, the difference, raw and Holm-corrected p (<id>.claims.csv)."""
+    out = [{"table": plan["id"], "claim": c["claim"]["id"], "column": c["claim"]["column"], "statement": c["statement"],
+            "claim_verdict": c["verdict"], "paper_setting": c["paper_setting"], "paper_verdict": c["paper_verdict"],
+            "pair": f"{p['a']} > {p['b']}", **{k: p[k] for k in ("a", "b", "n_a", "n_b", "difference", "p", "p_holm",
+                                                                  "p_reverse", "p_reverse_holm", "verdict", "reason")}}
+           for c in claims for p in c["pairs"]]
+    return pd.DataFrame(out, columns=["table", "claim", "column", "statement", "claim_verdict", "paper_setting",
+                                      "paper_verdict", "pair", "a", "b", "n_a", "n_b", "difference", "p", "p_holm",
+                                      "p_reverse", "p_reverse_holm", "verdict", "reason"])
+
+
+def build(plan: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(cells, claims: one row per claim, pairs: one row per claim pair)."""
     ours = our_numbers(plan)
-    return cells_frame(plan, ours), claims_frame(plan, ours)
+    claims = claim_results(plan, ours)
+    return cells_frame(plan, ours), claims_frame(plan, claims), pairs_frame(plan, claims)
 
 
 # ----------------------------------------------------------------------------- writers
 
-CELL_COLUMNS = {"row_title": "row", "column_title": "column", "paper": "paper", "paper_scale": "paper scale",
-                "ours": "ours (mean ± std, n)", "our_scale": "our scale", "group": "run group",
-                "delta_text": "Δ ours − paper"}
+CELL_COLUMNS = {"row_title": "row", "column_title": "column", "paper": "paper", "paper_scale": "paper's setting",
+                "ours": "ours (mean ± std, n)", "our_setting": "our setting", "group": "run group",
+                "delta_text": "ours − paper (only at the paper's setting)"}
 CLAIM_COLUMNS = {"claim": "claim", "statement": "ordering", "paper": "the paper's numbers",
                  "ours": "ours", "verdict": "verdict", "pairs": "pairs"}
 
@@ -259,6 +270,12 @@ def header_lines(plan: dict) -> list[str]:
                  + ". \"not configured\": the study has no run or task for the cell; \"not run\": configured, "
                    "no result yet; \"not found\": no readable source gives the paper's number; \"—\": the paper "
                    "prints a dash.")
+    if plan.get("rule", {}).get("scale") == "small":
+        lines.append("A small-scale study (report.scale: small): no cell is at the paper's setting, so no difference "
+                     "to the paper's numbers is shown and every verdict is one at our setting.")
+    else:
+        lines.append("A difference to the paper's number, and \"reproduced\" / \"off by\", are shown only where our "
+                     "run has the number's own setting (pretraining data, arch, epochs); elsewhere: \"other setting\".")
     return lines
 
 
@@ -268,7 +285,8 @@ def markdown(plan: dict, cells: pd.DataFrame, claims: pd.DataFrame) -> str:
               .to_markdown(index=False), ""]
     if len(claims):
         parts += ["## Ordering claims", "", claims[list(CLAIM_COLUMNS)].rename(columns=CLAIM_COLUMNS)
-                  .to_markdown(index=False), "", f"Verdict rule: {VERDICT_RULE}", "", "Sources of the claims:", ""]
+                  .to_markdown(index=False), "", f"Verdict rule: {rule_of(plan).text()}", "", "Sources of the claims:",
+                  ""]
         parts += [f"- {c['claim']}: {c['source']}" for c in claims.to_dict("records")]
         parts.append("")
     return "\n".join(parts)
@@ -300,7 +318,7 @@ def latex(plan: dict, cells: pd.DataFrame, claims: pd.DataFrame) -> str:
         sub = {k: CLAIM_COLUMNS[k] for k in ("statement", "paper", "ours", "verdict")}
         lines += [r"\begin{table}[t]", r"\centering", r"\small",
                   *tex_tabular(claims[list(sub)].rename(columns=sub), "p{3cm}p{4cm}p{5cm}l"),
-                  rf"\caption{{{tex_escape(plan['title'])}: ordering claims. {tex_escape(VERDICT_RULE)}}}",
+                  rf"\caption{{{tex_escape(plan['title'])}: ordering claims. {tex_escape(rule_of(plan).text())}}}",
                   rf"\label{{tab:{plan['id']}-claims}}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
@@ -321,7 +339,8 @@ def html_table(df: pd.DataFrame, verdict_column: str | None = None) -> str:
     for row in df.itertuples(index=False):
         tds = []
         for c, v in zip(df.columns, row):
-            cls = f' class="{v}"' if c == verdict_column and v in (HOLDS, FAILS, UNDECIDED) else ""
+            word = str(v).split(" ")[0]
+            cls = f' class="{word}"' if c == verdict_column and word in (HOLDS, FAILS, UNDECIDED) else ""
             tds.append(f"<td{cls}>{html.escape(str(v))}</td>")
         body.append("<tr>" + "".join(tds) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -339,7 +358,7 @@ def html_doc(plan: dict, cells: pd.DataFrame, claims: pd.DataFrame) -> str:
     if len(claims):
         sections += ["<h2>Ordering claims</h2>",
                      html_table(claims[list(CLAIM_COLUMNS)].rename(columns=CLAIM_COLUMNS), "verdict"),
-                     f'<p class="note">Verdict rule: {html.escape(VERDICT_RULE)}</p>',
+                     f'<p class="note">Verdict rule: {html.escape(rule_of(plan).text())}</p>',
                      "<ul>" + "".join(f"<li>{html.escape(c['claim'])}: {html.escape(c['source'])}</li>"
                                       for c in claims.to_dict("records")) + "</ul>"]
     return html_page(plan["title"], sections)
@@ -353,10 +372,11 @@ def outputs(out_md: Path) -> dict[str, Path]:
 
 
 def write(plan: dict, out_md: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    cells, claims = build(plan)
+    """Every file of one table; returns (cells, claims: one row per claim)."""
+    cells, claims, pairs = build(plan)
     out = outputs(Path(out_md))
     io.write_text(out["csv"], cells.to_csv(index=False))
-    io.write_text(out["claims"], claims.to_csv(index=False))
+    io.write_text(out["claims"], pairs.to_csv(index=False))
     io.write_text(out["tex"], latex(plan, cells, claims))
     io.write_text(out["html"], html_doc(plan, cells, claims))
     io.write_text(out["md"], markdown(plan, cells, claims))

@@ -54,6 +54,37 @@ def number(nid: str, data: dict | None = None) -> dict:
     raise KeyError(f"no paper number {nid!r} in paper_numbers.yaml")
 
 
+# Transfer datasets the papers evaluate ImageNet-1K-pretrained encoders on: a number whose setting
+# names one of these was pretrained on ImageNet-1K (MAE's transfer tables, mmseg's MAE UperNet, CMAE).
+TRANSFER_DATASETS = ("ADE20K", "COCO", "iNat 2017", "iNat 2018", "iNat 2019", "Places205", "Places365")
+
+
+def known(value) -> bool:
+    """A setting field the source states (not "not found", not a backbone the source does not name)."""
+    return value is not None and NOT_FOUND not in str(value)
+
+
+def setting_parts(setting: dict) -> dict:
+    """A number's setting as the report compares it with ours: pretraining data, the data it was
+    evaluated on, arch, pretraining epochs (None where the source does not say). "X -> Y" reads as
+    pretrained on X, evaluated on Y; a transfer dataset alone implies ImageNet-1K pretraining; a
+    protocol naming IN-1K (JFT-300M pretraining, IN-1K linear probe) is evaluated on ImageNet-1K."""
+    data = str(setting.get("dataset"))
+    if not known(data):
+        pretrain = evaluated = None
+    elif "->" in data:
+        pretrain, evaluated = (part.strip() for part in data.split("->", 1))
+    elif data in TRANSFER_DATASETS:
+        pretrain, evaluated = "ImageNet-1K", data
+    else:
+        pretrain = data
+        evaluated = "ImageNet-1K" if "IN-1K" in str(setting.get("protocol")) else data
+    epochs = setting.get("epochs")
+    return {"pretrain": pretrain, "evaluated_on": evaluated,
+            "arch": setting["arch"] if known(setting.get("arch")) else None,
+            "epochs": epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None}
+
+
 def is_value(value) -> bool:
     """A real number (not "not found", not a dash)."""
     return isinstance(value, int | float) and not isinstance(value, bool)

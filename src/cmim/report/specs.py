@@ -1,4 +1,4 @@
-"""The study's `tables:` / `figures:` blocks: their cross-key checks and the plan each rule renders.
+"""The study's `tables:` / `figures:` blocks: the plan each rule renders (their checks: spec_checks).
 
 A spec says which run groups fill which rows of a paper table (and, where a study differs from the
 paper's protocol, which of our tasks and metrics fill a column), so the demo, a one-GPU study and the
@@ -8,22 +8,21 @@ paper config render the same tables. Example (config.yaml):
       can-table3:
         rows: {mae_b_1600: mae, can_b_1600: can, simclr_l_800: simclr}   # paper row -> run group
         columns: {linear: {task: linear_probe, metric: top1}}            # optional: the paper file's default
+        # a column may map its own rows: columns: {flops: {rows: {can: can_l_800, simclr: simclr_l_800}}}
     figures:
       cmae-fig2: {series: {cmae: cmae, mae: [mae_b16_300, mae_b16_1600]}}  # series -> run group(s)
 
 A plan is everything one table or figure shows, resolved from the config at DAG-build time: rows
-with their run ids, the result file of each cell (or why there is none: "not configured"), our scale
-(dataset, arch, epochs), and the paper's numbers and claims. It is the rule's param, so a changed
-spec, run or paper number re-renders exactly the tables it appears in.
+with their run ids, the result file of each cell (or why there is none: "not configured"), our
+setting beside the paper number's (cmim.report.settings), and the paper's numbers and claims. It is the
+rule's param, so a changed spec, run or paper number re-renders exactly the tables it appears in.
 """
 
 from __future__ import annotations
 
-import difflib
-
 from cmim import paths
 from cmim.datasets import splits
-from cmim.report import papers
+from cmim.report import papers, settings
 from cmim.study import (
     ARCHS,
     DENSE_TASKS,
@@ -51,11 +50,6 @@ MAE_FAMILY = ("mae", "can", "cmae")
 ARCH_SHORT = {"vit_tiny": "Ti", "vit_small": "S", "vit_base": "B", "vit_large": "L", "vit_huge": "H"}
 
 
-def _hint(name: str, valid) -> str:
-    close = difflib.get_close_matches(str(name), list(valid), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 def as_list(value) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
@@ -67,97 +61,6 @@ def members(cfg: dict, name: str) -> list[str]:
 
 def known_run(cfg: dict, name: str) -> bool:
     return name in cfg["run_groups"] or name in cfg["runs"]
-
-
-# ----------------------------------------------------------------------------- checks
-
-
-def _check_runs(cfg: dict, where: str, names) -> list[str]:
-    valid = sorted(cfg["run_groups"])
-    return [f"{where}: unknown run '{n}'{_hint(n, valid)}; runs: {valid}" for n in names if not known_run(cfg, n)]
-
-
-def _check_column(where: str, col: dict, default: dict | None) -> list[str]:
-    task = col.get("task", (default or {}).get("task"))
-    metric = col.get("metric", (default or {}).get("metric"))
-    if task is None:
-        return [f"{where}: this column has no cmim task; give task and metric"]
-    if metric not in METRICS[task]:
-        return [f"{where}.metric: '{metric}' is not a {task} metric{_hint(metric, METRICS[task])}; "
-                f"metrics: {list(METRICS[task])}"]
-    if task == "partial_finetune" and col.get("blocks", (default or {}).get("blocks")) is None:
-        return [f"{where}.blocks: a partial_finetune column needs blocks (the number of tuned last blocks)"]
-    return []
-
-
-def _paper_entry(kind: str, ident: str) -> tuple[dict | None, list[str]]:
-    """The paper file's table or figure `ident` (kind: tables | figures), or the problem naming the key."""
-    entries = papers.load()[kind]
-    if ident in entries:
-        return entries[ident], []
-    noun = "paper table" if kind == "tables" else "figure"
-    return None, [f"{kind}.{ident}: not a {noun}{_hint(ident, entries)}; {kind}: {sorted(entries)}"]
-
-
-def _check_table(cfg: dict, tid: str, spec: dict) -> list[str]:
-    where = f"tables.{tid}"
-    table, problems = _paper_entry("tables", tid)
-    if table is None:
-        return problems
-    if table["kind"] == "compute":
-        for key in ("rows", "columns"):
-            if spec.get(key):
-                problems.append(f"{where}.{key}: the compute table takes only `runs`")
-        if isinstance(spec.get("runs"), list):
-            problems += _check_runs(cfg, f"{where}.runs", spec["runs"])
-        return problems
-    if "runs" in spec:
-        problems.append(f"{where}.runs: only the compute table takes `runs`; name run groups under rows")
-    for row, group in spec.get("rows", {}).items():
-        if row not in table["rows"]:
-            problems.append(f"{where}.rows.{row}: not a row of {tid}{_hint(row, table['rows'])}; "
-                            f"rows: {list(table['rows'])}")
-        problems += _check_runs(cfg, f"{where}.rows.{row}", [group])
-    for cid, col in spec.get("columns", {}).items():
-        if cid not in table["columns"]:
-            problems.append(f"{where}.columns.{cid}: not a column of {tid}{_hint(cid, table['columns'])}; "
-                            f"columns: {list(table['columns'])}")
-            continue
-        problems += _check_column(f"{where}.columns.{cid}", col, table["columns"][cid])
-    return problems
-
-
-def _check_figure(cfg: dict, fid: str, spec: dict) -> list[str]:
-    where = f"figures.{fid}"
-    fig, problems = _paper_entry("figures", fid)
-    if fig is None:
-        return problems
-    kind = fig["kind"]
-    allowed = {"epochs": {"series", "task", "metric"}, "partial": {"series", "metric"},
-               "size": {"series", "task", "metric"}, "ablation": {"column"},
-               "reconstructions": {"runs"}, "compute": {"runs"}}[kind]
-    problems = [f"{where}.{key}: a {kind} figure takes {sorted(allowed)}" for key in spec if key not in allowed]
-    for label, groups in spec.get("series", {}).items():
-        problems += _check_runs(cfg, f"{where}.series.{label}", as_list(groups))
-    if isinstance(spec.get("runs"), list):
-        problems += _check_runs(cfg, f"{where}.runs", spec["runs"])
-    if "task" in spec or "metric" in spec:
-        problems += _check_column(where, {k: spec[k] for k in ("task", "metric") if k in spec}, fig)
-    if "column" in spec:
-        cols = {c for tid in fig["tables"] for c in papers.load()["tables"][tid]["columns"]}
-        if spec["column"] not in cols:
-            problems.append(f"{where}.column: not a column of {fig['tables']}; columns: {sorted(cols)}")
-    return problems
-
-
-def check(cfg: dict) -> list[str]:
-    """Cross-key problems of the tables / figures blocks, each with its key path (cmim.config calls this)."""
-    problems = []
-    for tid, spec in cfg.get("tables", {}).items():
-        problems += _check_table(cfg, tid, spec)
-    for fid, spec in cfg.get("figures", {}).items():
-        problems += _check_figure(cfg, fid, spec)
-    return problems
 
 
 # ----------------------------------------------------------------------------- our side of a cell
@@ -217,17 +120,22 @@ def column_of(table: dict, spec: dict, cid: str) -> dict:
     return {"id": cid, **col}
 
 
-def cell(cfg: dict, col: dict, runs: list[str]) -> dict:
-    """Our side of one cell: the result files the study produces for it, or why none."""
+def row_groups(spec: dict, col: dict) -> dict:
+    """Paper row -> run group of one column: the column's own `rows`, else the table's."""
+    return col["rows"] if "rows" in col else spec.get("rows", {})
+
+
+def cell(cfg: dict, col: dict, group: str | None, number: dict) -> dict:
+    """Our side of one cell: the run group and result files the study produces for it (or why none),
+    and its setting beside the paper number's (cmim.report.settings)."""
+    runs = members(cfg, group) if group else []
+    out = {"group": group, "runs": runs, "scale": run_scale(cfg, runs[0]) if runs else None,
+           "setting": settings.cell_setting(cfg, runs, col.get("task"), number)}
     if col.get("task") is None:
-        return {"status": NO_TASK, "files": {}}
-    if not runs:
-        return {"status": NOT_CONFIGURED, "files": {}}
+        return {**out, "status": NO_TASK, "files": {}}
     blocks = col.get("blocks")
     files = {r: result_file(col["task"], r, blocks) for r in runs if evaluates(cfg, col["task"], r, blocks)}
-    if not files:
-        return {"status": NOT_CONFIGURED, "files": {}}
-    return {"status": "configured", "files": files}
+    return {**out, "status": "configured" if files else NOT_CONFIGURED, "files": files}
 
 
 def table_plan(cfg: dict, tid: str) -> dict:
@@ -243,11 +151,14 @@ def table_plan(cfg: dict, tid: str) -> dict:
         runs = members(cfg, group) if group else []
         rows.append({"id": rid, "title": row["title"], "method": row.get("method", "other"), "group": group,
                      "runs": runs, "scale": run_scale(cfg, runs[0]) if runs else None,
-                     "cells": {c["id"]: cell(cfg, c, runs) for c in columns},
+                     "cells": {c["id"]: cell(cfg, c, row_groups(spec, c).get(rid), numbers[(rid, c["id"])])
+                               for c in columns},
                      "paper": {c["id"]: numbers[(rid, c["id"])] for c in columns}})
+    report = cfg.get("report", {})
     return {"id": tid, "paper": table["paper"], "paper_ref": data["papers"].get(table["paper"] or "", {}),
             "kind": table["kind"], "title": table["title"], "source": table["source"], "note": table.get("note"),
-            "columns": columns, "rows": rows, "claims": table.get("claims", [])}
+            "columns": columns, "rows": rows, "claims": table.get("claims", []),
+            "rule": {k: report.get(k) for k in ("min_seeds", "alpha", "tolerance", "scale") if k in report}}
 
 
 def compute_plan(cfg: dict) -> dict:

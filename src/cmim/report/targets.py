@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 from cmim import paths
-from cmim.report import papers, specs
+from cmim.report import papers, specs, summary
 
 CATEGORY = {"can": "CAN", "cmae": "CMAE", "mae": "MAE", None: "Study"}
 
@@ -113,8 +113,30 @@ def scale_text(cfg: dict, plan: dict) -> str:
     return "; ".join(scales) + f" ({seed_text})"
 
 
+_SUMMARY: dict[int, tuple[dict, dict]] = {}
+
+
+def summary_plan(cfg: dict) -> dict:
+    hit = _SUMMARY.get(id(cfg))
+    if hit is None or hit[0] is not cfg:
+        hit = _SUMMARY[id(cfg)] = (cfg, summary.summary_plan(cfg, table_outputs))
+    return hit[1]
+
+
+def summary_plan_json(cfg: dict) -> str:
+    return _json(summary_plan(cfg))
+
+
+def summary_inputs(cfg: dict) -> list[str]:
+    return summary.inputs(summary_plan(cfg))
+
+
+def summary_outputs() -> dict[str, str]:
+    return {"rst": str(paths.summary("rst")), "md": str(paths.summary("md"))}
+
+
 def all_report_targets(cfg: dict) -> list[str]:
-    out = []
+    out = list(summary_outputs().values())
     for tid in table_ids(cfg):
         out += list(table_outputs(tid).values())
     for fid in figure_ids(cfg):
