@@ -216,3 +216,35 @@ def test_a_broken_manifest_is_a_data_error_naming_it(shards, text):
         M.read_manifest(shards)
     first = str(err.value).splitlines()[0]
     assert str(shards) in first and "re-run sharding" in first
+
+
+def test_a_verified_shard_is_not_hashed_again_until_it_changes(shards, monkeypatch):
+    """One job hashes; the next skips the unchanged shards (recorded with size, mtime, ctime, inode,
+    device); a shard damaged in place after that is hashed again and caught."""
+    hashed = []
+    real = M._sha256
+    monkeypatch.setattr(M, "_sha256", lambda shard: hashed.append(shard.file) or real(shard))
+    M.verify_shards(shards, log=lambda m: None)
+    assert sorted(hashed) == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
+    hashed.clear()
+    lines = []
+    M.verify_shards(shards, log=lines.append)
+    assert hashed == [] and "3 verified before and unchanged" in lines[-1]
+    shard = shards.parent / "train-000002.tar"
+    data = bytearray(shard.read_bytes())
+    stat = shard.stat()
+    data[len(data) // 2] ^= 0xFF                       # damaged in place, same size ...
+    shard.write_bytes(bytes(data))
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))   # ... and its mtime set back: ctime still moves
+    with pytest.raises(DataError, match="train-000002.tar is damaged"):
+        M.verify_shards(shards, log=lambda m: None)
+    assert hashed == ["train-000002.tar"]
+    data[len(data) // 2] ^= 0xFF                       # repaired: the original bytes again
+    shard.write_bytes(bytes(data))
+    hashed.clear()
+    shards.parent.joinpath(".verified.json").write_text("not json")   # an unreadable record: hash everything
+    M.verify_shards(shards, log=lambda m: None)
+    assert len(hashed) == 3
+    hashed.clear()
+    M.verify_shards(shards, log=lambda m: None, recheck=True)           # recheck: hash everything again
+    assert len(hashed) == 3

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import webdataset as wds
 
+from cmim import io
 from cmim.errors import DataError
 
 VERIFY_PROGRESS_BYTES = 1e9   # splits at least this big get a progress line about every 5% of their bytes
@@ -158,17 +159,48 @@ def _open_shard(shard: _Shard) -> Iterator:
 # ----------------------------------------------------------------------------- sha256 verification
 
 
-def verify_shards(manifest_path: str | Path, log: Callable[[str], None] = print, *,
-                  workers: int | None = None) -> None:
-    """Hash every shard of a split and compare with the manifest's sha256 (DataError at the first
-    mismatch, naming the shard, both hashes and what to do).
+VERIFIED = ".verified.json"   # per split: the shards whose sha256 a job checked, and the file as it was then
 
-    Run it once per training / evaluation job, before training: the size check of `read_manifest`
-    cannot see a shard damaged in place. Cost, measured on one SHA-NI x86 core: hashlib's sha256 runs
-    at 1.2-1.4 GB/s, this function at ~1.0 GB/s from the page cache, so ~17 core-minutes per TB;
-    `workers` threads (None: one per core, at most 8) hash shards in parallel (hashlib releases the
-    GIL), until the disk's read speed decides (1 TB at 2 GB/s: ~8 min). Shards are read in 1 MiB
-    chunks (memory stays flat for any shard size); splits of 1 GB or more log progress every ~5%.
+
+def _file_key(shard: _Shard) -> list | None:
+    """What identifies a shard file as it is: any write to it changes its mtime and ctime (ctime cannot be
+    set back by a user), a copy or a replacement its inode."""
+    try:
+        st = os.stat(shard.url)
+    except FileNotFoundError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def _verified(folder: Path) -> dict:
+    try:
+        stamp = json.loads((folder / VERIFIED).read_text())
+    except (OSError, ValueError):
+        return {}
+    return stamp.get("shards", {}) if isinstance(stamp, dict) else {}
+
+
+def _record(folder: Path, entries: dict, log: Callable[[str], None]) -> None:
+    try:
+        io.write_json(folder / VERIFIED, {"shards": entries})
+    except OSError as e:
+        log(f"[verify] {folder}: could not record the verified shards ({e}); the next job hashes them again")
+
+
+def verify_shards(manifest_path: str | Path, log: Callable[[str], None] = print, *,
+                  workers: int | None = None, recheck: bool = False) -> None:
+    """Check every shard of a split against the manifest's sha256 (DataError at the first mismatch,
+    naming the shard, both hashes and what to do), hashing only what was not verified before.
+
+    Run before each training / evaluation job: the size check of `read_manifest` cannot see a shard
+    damaged in place. A shard is hashed once: a job that verified it records it in the split's
+    `.verified.json` with the file's size, mtime, ctime, inode and device, and later jobs skip it
+    while all five are unchanged. A shard damaged in place by a write (a sync tool, a copy over it, a
+    disk repair) changes its mtime and ctime, so the next job hashes it again and fails before it
+    trains; a shard replaced under a running job fails that job at its next read (`_open_shard`).
+    `recheck` hashes everything. Cost of a hash, measured on one SHA-NI x86 core: ~1.0 GB/s from the
+    page cache (~17 core-minutes per TB); `workers` threads (None: one per core, at most 8) hash
+    shards in parallel (hashlib releases the GIL). Splits of 1 GB or more log progress every ~5%.
     """
     manifest_path = Path(manifest_path)
     _, shards = _snapshot(manifest_path)
@@ -177,11 +209,16 @@ def verify_shards(manifest_path: str | Path, log: Callable[[str], None] = print,
         if len(shard.sha256) != 64:
             raise DataError(f"shard {shard.url}: {manifest_path} records no sha256 for it (written by an old "
                             f"version?), so it cannot be verified; delete {folder} and re-run sharding")
-    progress = _HashProgress(folder, shards, log)
+    stamp = {} if recheck else _verified(folder)
+    keys = {url: _file_key(s) for url, s in shards.items()}
+    known = {url for url, s in shards.items()
+             if stamp.get(s.file) == {"key": keys[url], "sha256": s.sha256}}
+    todo = {url: s for url, s in shards.items() if url not in known}
+    progress = _HashProgress(folder, todo, log, skipped=len(known))
     workers = workers or min(8, len(os.sched_getaffinity(0)))
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sha256")  # hashlib drops the GIL
     try:
-        for shard, found in zip(shards.values(), pool.map(_sha256, shards.values())):
+        for shard, found in zip(todo.values(), pool.map(_sha256, todo.values())):
             if found != shard.sha256:
                 raise DataError(
                     f"shard {shard.url} is damaged: its sha256 is {found}, {manifest_path} says {shard.sha256}; "
@@ -190,6 +227,9 @@ def verify_shards(manifest_path: str | Path, log: Callable[[str], None] = print,
             progress.update(shard)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # at a mismatch: do not hash the rest
+    if todo:
+        entries = {s.file: {"key": keys[url], "sha256": s.sha256} for url, s in shards.items()}
+        _record(folder, entries, log)
     progress.done()
 
 
@@ -203,8 +243,8 @@ def _sha256(shard: _Shard) -> str:
 
 
 class _HashProgress:
-    def __init__(self, folder: Path, shards: dict[str, _Shard], log: Callable[[str], None]) -> None:
-        self.folder, self.log = folder, log
+    def __init__(self, folder: Path, shards: dict[str, _Shard], log: Callable[[str], None], skipped: int = 0) -> None:
+        self.folder, self.log, self.skipped = folder, log, skipped
         self.total_shards, self.total = len(shards), sum(s.bytes for s in shards.values())
         self.shards = self.bytes = 0
         self.every = self.total / 20 if self.total >= VERIFY_PROGRESS_BYTES else float("inf")
@@ -225,8 +265,9 @@ class _HashProgress:
                  f"{self.rate() / 1e6:.0f} MB/s, ETA {int(eta) // 60}:{int(eta) % 60:02d}")
 
     def done(self) -> None:
+        before = f"; {self.skipped} verified before and unchanged" if self.skipped else ""
         self.log(f"[verify] {self.folder}: {self.total_shards} shards, {self.total / 1e9:.2f} GB, sha256 ok in "
-                 f"{time.perf_counter() - self.started:.1f}s ({self.rate() / 1e6:.0f} MB/s)")
+                 f"{time.perf_counter() - self.started:.1f}s ({self.rate() / 1e6:.0f} MB/s){before}")
 
 
 def shard_urls(manifest_path: str | Path, manifest: dict) -> list[str]:

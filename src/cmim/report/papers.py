@@ -56,7 +56,8 @@ def number(nid: str, data: dict | None = None) -> dict:
 
 # Transfer datasets the papers evaluate ImageNet-1K-pretrained encoders on: a number whose setting
 # names one of these was pretrained on ImageNet-1K (MAE's transfer tables, mmseg's MAE UperNet, CMAE).
-TRANSFER_DATASETS = ("ADE20K", "COCO", "iNat 2017", "iNat 2018", "iNat 2019", "Places205", "Places365")
+TRANSFER_DATASETS = ("ADE20K", "COCO", "iNat 2017", "iNat 2018", "iNat 2019", "Places205", "Places365", "IN-A", "IN-R",
+                     "IN-Sketch", "IN-Corruption")
 
 
 def known(value) -> bool:
