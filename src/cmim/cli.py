@@ -127,7 +127,8 @@ def cmd_shard(args) -> int:
     shard_split(args.format, root, args.dataset, args.split, args.source_split, Path(args.out_dir),
                 max_samples=opts.get("max_samples"), shard_max_count=opts["shard_max_count"],
                 shard_max_bytes=opts["shard_max_bytes"], max_bad_fraction=opts["max_bad_fraction"],
-                resize_short_side=opts.get("resize_short_side"), seed=opts.get("seed", 0), log=log)
+                resize_short_side=opts.get("resize_short_side"), seed=opts.get("seed", 0), workers=args.workers,
+                log=log)
     return 0
 
 
@@ -279,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     for a in ("--format", "--root", "--dataset", "--split", "--source-split", "--out-dir"):
         s.add_argument(a, required=True)
     s.add_argument("--options", required=True, help="JSON: shard_max_count, shard_max_bytes, max_bad_fraction, ...")
+    s.add_argument("--workers", type=int, default=None,
+                   help="processes that decode and check images (default: every core this process may use)")
     s.set_defaults(fn=cmd_shard)
 
     s = sub.add_parser("pretrain", help="train one run on the configured launcher (resumes automatically)")

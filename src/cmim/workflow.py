@@ -73,6 +73,12 @@ def shard_params(cfg: dict, dataset: str, split: str) -> dict:
             "source_split": splits(cfg, dataset)[split], "options": _json(options)}
 
 
+def shard_threads(cfg: dict, dataset: str, cores: int) -> int:
+    """Cores (and worker processes) of a shard job: datasets.<d>.shard_workers, auto = all `cores`."""
+    workers = cfg["datasets"][dataset].get("shard_workers", "auto")
+    return cores if workers == "auto" else int(workers)
+
+
 def demo_options(cfg: dict, dataset: str) -> str:
     return _json(cfg["datasets"][dataset]["demo"])
 

@@ -24,7 +24,8 @@ def test_bench_tiny_end_to_end(tmp_path, capsys):
                  "--out", str(out)]) == 0
     blob = json.loads(out.read_text())
     meta, rows = blob["meta"], blob["rows"]
-    expected_precision = "bf16" if auto_dtype(torch.device("cpu")) == torch.bfloat16 else "fp32"
+    width = size("tiny").encoder["embed_dim"]
+    expected_precision = "bf16" if auto_dtype(torch.device("cpu"), width) == torch.bfloat16 else "fp32"
     assert meta["size"] == "tiny" and meta["device_type"] == "cpu" and meta["torch"] == torch.__version__
     assert meta["fused_attn"] is True                      # timm's SDPA attention is on in every block
     assert {"fp32", "bf16"} <= set(blob["ceilings"]) and blob["ceilings"]["fp32"]["tflop_per_s"] > 0
@@ -64,7 +65,7 @@ def test_demo_size_is_config_yamls_model():
     assert demo.encoder == {"embed_dim": d["embed_dim"], "depth": d["depth"], "num_heads": d["num_heads"]}
     assert demo.image_size == cfg["datasets"][d["dataset"]]["image_size"]
     for method in ("mae", "can", "cmae"):
-        assert cfg["runs"][method][method] == demo.decoder
+        assert cfg["runs"][method][method] == {**demo.decoder, **demo.options.get(method, {})}
 
 
 @pytest.mark.parametrize("method", PRETRAIN)

@@ -28,6 +28,7 @@ rule shard:
         source_split=lambda w: W.shard_params(CFG, w.dataset, w.split)["source_split"],
         options=lambda w: W.shard_params(CFG, w.dataset, w.split)["options"],
         out_dir=lambda w: str(P.shard_dir(w.dataset, w.split)),
+    threads: lambda w: W.shard_threads(CFG, w.dataset, workflow.cores)
     log:
         str(P.log("shard", "{dataset}-{split}")),
     conda:
@@ -35,4 +36,4 @@ rule shard:
     shell:
         "python -m cmim shard --format {params.format} --root {params.root:q} --dataset {wildcards.dataset} "
         "--split {wildcards.split} --source-split {params.source_split} --out-dir {params.out_dir} "
-        "--options {params.options:q} > {log} 2>&1"
+        "--options {params.options:q} --workers {threads} > {log} 2>&1"

@@ -32,6 +32,7 @@ class Size:
     steps: int                                     # timed steps
     encoder: dict = field(default_factory=dict)    # width/depth/heads overrides of the arch
     decoder: dict = field(default_factory=dict)    # {} = each method's paper decoder
+    options: dict = field(default_factory=dict)    # method -> options beyond the decoder (as config.yaml's)
     ceiling_n: int = 8192                          # matmul ceiling: n x n x n
     ceiling_reps: int = 30
 
@@ -40,10 +41,11 @@ SIZES = {
     "tiny": Size("tiny", "vit_tiny", 32, 8, 16, 10, warmup=1, steps=3,
                  encoder={"embed_dim": 64, "depth": 2, "num_heads": 2},
                  decoder={"decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
-                 ceiling_n=256, ceiling_reps=3),
+                 options={"cmae": {"block_size": 1}}, ceiling_n=256, ceiling_reps=3),
     "demo": Size("demo", "vit_tiny", 32, 8, 64, 10, warmup=3, steps=15,
                  encoder={"embed_dim": 128, "depth": 4, "num_heads": 4},
                  decoder={"decoder_dim": 128, "decoder_depth": 2, "decoder_heads": 4},
+                 options={"cmae": {"block_size": 1}},   # 65% of single patches on the 4x4 grid, as config.yaml
                  ceiling_n=1024, ceiling_reps=5),
     "paper": Size("paper", "vit_base", 224, 16, 256, 1000, warmup=10, steps=30),
 }
@@ -65,6 +67,8 @@ def bench_run(s: Size, method: str, *, compile: str = "off", precision: str = "a
            "epochs": 1, "warmup_epochs": 0, "batch_size": s.batch, "compile": compile, "precision": precision}
     if method != "simclr" and s.decoder:
         run[method] = dict(s.decoder)
+    if s.options.get(method):
+        run[method] = {**run.get(method, {}), **s.options[method]}
     cfg = {"datasets": {"bench": {"format": "imagefolder", "root": "/nonexistent", "image_size": s.image_size}},
            "runs": {method: run}}
     return resolve_run(validate(cfg, source=f"bench size {s.name}"), method)

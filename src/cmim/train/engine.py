@@ -32,6 +32,7 @@ from cmim.paths import RunFiles
 from cmim.study import config_hash
 from cmim.train import checkpoint as ckpt
 from cmim.train import distributed, flops, progress
+from cmim.train.precision import choose as precision_choice
 from cmim.train.signals import StopFlags
 from cmim.train.task import Context, Plan, TrainTask
 
@@ -51,14 +52,10 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of a `precision` key (None = fp32): auto = bf16 on GPUs and on CPUs with
-    native bf16 (AVX512_BF16 / AMX), fp32 elsewhere (cmim.train.precision says why)."""
-    if precision == "auto":
-        from cmim.train.precision import auto_dtype
-
-        return auto_dtype(device)
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+def autocast_dtype(precision: str, device: torch.device, width: int | None = None) -> torch.dtype | None:
+    """The autocast dtype of a `precision` key (None = fp32): auto = bf16 on GPUs and, on CPUs with
+    native bf16 (AVX512_BF16 / AMX), for encoders of width >= 384; fp32 elsewhere (cmim.train.precision)."""
+    return precision_choice(precision, device, width)[0]
 
 
 @contextlib.contextmanager
@@ -129,7 +126,7 @@ class Trainer:
         self.task, self.files, self.env, self.log = task, files, env, log
         self.opts = task.options
         self.hash = config_hash(task.identity())
-        self.amp = autocast_dtype(self.opts.precision, env.device)
+        self.amp, self.precision_reason = precision_choice(self.opts.precision, env.device, task.encoder_width())
         self.ctx = Context(env=env, files=files, num_workers=num_workers, log=log, amp=self.amp)
         self.data_wait = 0.0                  # seconds spent waiting for the loader (input-bound warning)
         self._warned_input_bound = False
@@ -253,7 +250,8 @@ class Trainer:
             self.log(f"[{task.describe()}] on {env.world_size} rank(s), {env.device}; {plan.steps_per_epoch} "
                      f"steps/epoch x {plan.epochs} epochs = {plan.total_steps} steps, batch {opts.batch_size} "
                      f"(micro {plan.micro_batch} x accum {opts.accum_steps}), lr {plan.peak_lr:.3e} "
-                     f"({opts.lr_schedule}), warmup {plan.warmup_steps} steps, {ctx.num_workers} loader worker(s)")
+                     f"({opts.lr_schedule}), warmup {plan.warmup_steps} steps, {ctx.num_workers} loader worker(s), "
+                     f"{self.precision_reason}")
         flags = StopFlags().install()
         window = progress.Meter()
         last_saved = resumed_from
@@ -357,7 +355,8 @@ class Trainer:
             "cpu_hours": wall * env.world_size / 3600 if not on_gpu else 0.0,
             "peak_memory_gb": peak_memory_gb(env.device), "flops_per_image": meter.flops_per_image,
             "mfu": flops.mfu(meter.flops_per_image, img_s, env.device, env.world_size),
-            "precision": str(self.amp).replace("torch.", "") if self.amp else "fp32", "compile": opts.compile,
+            "precision": str(self.amp).replace("torch.", "") if self.amp else "fp32",
+            "precision_reason": self.precision_reason, "compile": opts.compile,
             "resumed_from": str(resumed_from) if resumed_from else None, "config_hash": self.hash,
             "plan": plan.__dict__, "torch": torch.__version__, **self.task.summary_fields(),
         }

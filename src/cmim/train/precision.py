@@ -1,10 +1,14 @@
-"""What `precision: auto` means on each device: bf16 where the hardware runs it natively, else fp32.
+"""What `precision: auto` means on each device: bf16 where it is faster, else fp32, and why.
 
-Why detect on CPUs: a bf16 matmul on a CPU with AVX512_BF16 or AMX runs at ~4.6x its fp32 rate
-(835 vs 180 GFLOP/s measured on such a machine; bf16 autocast made the demo step 15-23% faster
-there), while on a CPU without them (AVX2 only) torch emulates bf16 and a bf16 autocast step runs
-~10x *slower* than fp32. So auto picks bf16 only on the first kind. GPUs: bf16 (every GPU cmim
-targets has bf16 tensor cores; no GradScaler needed).
+GPUs: bf16 (every GPU cmim targets has bf16 tensor cores; no GradScaler needed). CPUs without native
+bf16 (AVX2 only): fp32, since torch emulates bf16 there and a bf16 autocast step runs ~10x *slower*.
+CPUs with native bf16 (AVX512_BF16 or AMX): a bf16 matmul runs at ~4.6x its fp32 rate (835 vs 180
+GFLOP/s measured on such a Xeon), but a narrow model is bound by per-op overhead, not matmuls, and
+the casts autocast adds make it slower: measured on a 2-core Xeon with AMX by `cmim bench` (one thread,
+issue figures), bf16 / fp32 was 0.80 (MAE), 0.90 (CAN) and 0.63 (finetune) on the demo's width-128
+ViT, and 1.86 on ViT-B/16 (width 768). The rule derived from these figures: bf16 from width 384
+(ViT-S) on; between 128 and 768 it is unmeasured, and 384 is where the matmuls of a ViT block pass
+the per-op costs in the analytic model (cmim.train.flops) at the batch sizes cmim runs.
 
 Detection: torch's own CPU feature probes (torch.cpu._is_avx512_bf16_supported /
 _is_amx_tile_supported) when this torch has them, else the `flags` line of /proc/cpuinfo. A cap on
@@ -65,10 +69,25 @@ def cpu_has_native_bf16() -> bool:
     return bool(NATIVE_BF16_FLAGS & cpuinfo_flags())
 
 
-def auto_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of `precision: auto` (None = fp32, no autocast)."""
+BF16_MIN_WIDTH = 384   # native-bf16 CPUs: autocast from this encoder width on (module docstring)
+EXPLICIT = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def choose(precision: str, device: torch.device, width: int | None = None) -> tuple[torch.dtype | None, str]:
+    """(the autocast dtype, None = fp32; the reason, for the job's log and summary.json) of a `precision`
+    key on `device` for a model of encoder width `width` (None: not known, decided by the device)."""
+    if precision != "auto":
+        return EXPLICIT[precision], f"precision: {precision} (set in the config)"
     if device.type == "cuda":
-        return torch.bfloat16
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return torch.bfloat16
-    return None
+        return torch.bfloat16, "auto: bf16 on a GPU (bf16 tensor cores)"
+    if not cpu_has_native_bf16():
+        return None, "auto: fp32 (this CPU has no native bf16: torch would emulate it, ~10x slower)"
+    if width is not None and width < BF16_MIN_WIDTH:
+        return None, (f"auto: fp32 (native bf16 CPU, but a width-{width} encoder is bound by per-op costs: bf16 "
+                      f"measured 0.63-0.90x fp32 at width 128; bf16 from width {BF16_MIN_WIDTH})")
+    return torch.bfloat16, "auto: bf16 (native bf16 CPU; measured 1.86x fp32 at width 768)"
+
+
+def auto_dtype(device: torch.device, width: int | None = None) -> torch.dtype | None:
+    """The autocast dtype of `precision: auto` (None = fp32, no autocast)."""
+    return choose("auto", device, width)[0]
