@@ -195,3 +195,13 @@ def test_a_file_of_no_known_format_is_refused_naming_what_it_holds(tmp_path):
         _import(path)
     with pytest.raises(CheckpointError, match=r"not a mae file: MAE files hold their weights under 'model'"):
         _import(path, "mae")
+
+
+def test_a_ddp_prefix_on_every_key_is_removed_and_said(tmp_path):
+    enc = F.encoder()
+    path = tmp_path / "ddp.pth"
+    torch.save({f"module.{k}": v for k, v in enc.state_dict().items()}, path)
+    imported, report = _import(path)
+    assert report["format"] == "timm" and report["prefix"] == "module."
+    assert torch.equal(F.features(imported), F.features(enc))
+    assert any("every key carried 'module.'" in n for n in report["notes"])

@@ -33,8 +33,7 @@ ALLOW_MAE = (argparse.Namespace, pathlib.PosixPath)   # MAE training checkpoints
 ALLOW_TIMM = (argparse.Namespace,)                     # timm train.py checkpoints' `args`
 
 
-def _from_weights(obj: dict, weights_key: str | None, weights: dict, prefix: str | None,
-                  fmt: str) -> Extraction:
+def _from_weights(obj: dict, weights_key: str | None, weights: dict, prefix: str | None) -> Extraction:
     tensors = tensors_of(weights)
     if not tensors:
         raise ValueError(f"its {weights_key or 'top level'} holds no tensors")
@@ -47,8 +46,8 @@ def _from_weights(obj: dict, weights_key: str | None, weights: dict, prefix: str
         ex.ignore(key, "not a tensor")
     for key in rest:
         ex.ignore(key, "outside the prefix")
-    if fmt == "mae" and chosen and prefix is None:
-        ex.notes.append(f"every key carried '{chosen}' (a wrapped model); removed")
+    if chosen and prefix is None:
+        ex.notes.append(f"every key carried '{chosen}' (a wrapped model: DDP or torch.compile); removed")
     return collect(ex, {k: (f"{chosen}{k}", v) for k, v in taken.items()})
 
 
@@ -58,7 +57,7 @@ def extract_mae(obj, prefix: str | None) -> Extraction:
         found = sorted(map(str, obj))[:8] if isinstance(obj, dict) else type(obj).__name__
         raise ValueError(f"MAE files hold their weights under 'model' (main_finetune.py reads "
                          f"checkpoint['model']); this one has {found}")
-    ex = _from_weights(obj, "model", obj["model"], prefix, "mae")
+    ex = _from_weights(obj, "model", obj["model"], prefix)
     if any(k == "mask_token" or k.startswith("decoder") for k in obj["model"]):
         ex.notes.append("a full MaskedAutoencoderViT (encoder + decoder: *_full.pth, a visualisation or a "
                         "training checkpoint); the encoder is taken")
@@ -68,12 +67,12 @@ def extract_mae(obj, prefix: str | None) -> Extraction:
 def extract_timm(obj, prefix: str | None) -> Extraction:
     """A timm state dict: bare, or timm's training checkpoint {'state_dict': ..., 'state_dict_ema': ...}."""
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        ex = _from_weights(obj, "state_dict", obj["state_dict"], prefix, "timm")
+        ex = _from_weights(obj, "state_dict", obj["state_dict"], prefix)
         if "state_dict_ema" in obj:
             ex.notes.append("the file also holds 'state_dict_ema' (timm's loader would take it by default); "
                             "'state_dict' is taken")
         return ex
     if is_tensor_dict(obj):
-        return _from_weights(obj, None, obj, prefix, "timm")
+        return _from_weights(obj, None, obj, prefix)
     found = sorted(map(str, obj))[:8] if isinstance(obj, dict) else type(obj).__name__
     raise ValueError(f"a timm file is a bare mapping of tensors or has 'state_dict'; this one has {found}")
