@@ -6,9 +6,10 @@ on only for the transfer and starts at zero (MAE appendix; mmsegmentation's MAE 
 `mmseg/models/backbones/mae.py`: `MAEAttention.init_weights` leaves BEiT's table at zeros, "MAE with
 zero-initialization", one table per layer since every `MAETransformerEncoderLayer` builds its own
 attention). A zero bias adds exactly 0.0 to every logit, so at initialisation the encoder computes
-bit for bit what it was pretrained to compute (without autograd; with it, PyTorch's CPU attention runs
-a bias that needs a gradient through its math kernel, whose rounding differs from the fused kernel's
-by ~1e-7); then the tables train with the rest.
+what it was pretrained to compute: bit for bit on CPU without autograd (tests/models/test_relpos.py);
+with autograd, PyTorch's CPU attention runs a bias that needs a gradient through its math kernel, and
+on CUDA a masked attention may pick another fused kernel than an unmasked one: the same function,
+rounded differently (~1e-7). Then the tables train with the rest.
 
 Built on timm's layers: `RelPosBias` holds BEiT's table ((2h-1)(2w-1) + 3 entries per head: the 3 for
 cls-to-token, token-to-cls and cls-to-cls) and its index; the bias reaches timm's `Attention` as
