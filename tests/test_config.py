@@ -162,3 +162,32 @@ def test_the_readme_examples_are_valid_configs(tmp_path):
         cfg = C.load_config([*base, path])
         for run in cfg["runs"]:
             S.resolve_run(cfg, run)
+
+
+def test_imported_runs_need_their_file_and_only_they_take_a_checkpoint_block(tmp_path):
+    weights = tmp_path / "mae_pretrain_vit_base.pth"
+    weights.write_bytes(b"")
+    raw = demo()
+    raw["runs"]["released"] = {"method": "imported", "epochs": 1600}
+    raw["runs"]["mae"]["checkpoint"] = {"path": str(weights)}
+    msg = errors_of(raw)
+    assert "runs.released.checkpoint.path: an imported run needs the file of its weights" in msg
+    assert "runs.mae.checkpoint: only an imported run reads its weights from a file (this run's method is mae)" in msg
+    raw = demo()
+    raw["runs"]["released"] = {"method": "imported", "checkpoint": {"path": str(weights), "prefix": "backbone"},
+                               "checkpoint_epochs": [100]}
+    msg = errors_of(raw)
+    assert "runs.released.checkpoint: prefix 'backbone' must end with '.'" in msg
+    assert "runs.released.checkpoint_epochs: an imported run has only the file's weights" in msg
+    raw["runs"]["released"] = {"method": "imported", "checkpoint": {"path": str(weights), "format": "mmcls"}}
+    assert "runs.released.checkpoint.format: 'mmcls' is not allowed" in errors_of(raw)
+    raw["runs"]["released"]["checkpoint"]["format"] = "mmpretrain"
+    cfg = C.validate(raw)                            # the demo's run_defaults (checkpoint_epochs) do not reach it
+    assert S.resolve_run(cfg, "released")["checkpoint_epochs"] == []
+
+
+def test_an_imported_run_whose_file_is_absent_warns_but_validates(tmp_path):
+    raw = demo()
+    raw["runs"]["released"] = {"method": "imported", "checkpoint": {"path": str(tmp_path / "later.pth")}}
+    with pytest.warns(C.ConfigWarning, match=r"runs\.released\.checkpoint\.path: .*later\.pth does not exist"):
+        C.validate(raw)

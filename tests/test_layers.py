@@ -2,8 +2,8 @@
 
 Layers point down only:
 
-    config, study, paths, io, errors, datasets, options, models, losses  ->  data  ->  methods  ->  train
-      ->  evals  ->  tasks, report  ->  workflow, launch, plan, bench  ->  cli
+    config, study, paths, io, errors, datasets, options, models, losses  ->  data  ->  methods  ->  train,
+      checkpoints  ->  evals  ->  tasks, report  ->  workflow, launch, plan, bench  ->  cli
 
 A module may import from its own layer or any layer below, never above; the packages that share a
 layer side by side (tasks and report; workflow, launch, plan and bench) never import each other;
@@ -24,7 +24,7 @@ LAYERS = (
     ("errors", "io", "paths", "datasets", "options", "config_schema", "study", "config", "models", "losses"),
     ("data",),
     ("methods",),
-    ("train",),
+    ("train", "checkpoints"),
     ("evals",),
     ("tasks", "report"),
     ("workflow", "launch", "plan", "bench"),

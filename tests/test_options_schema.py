@@ -9,15 +9,17 @@ import pytest
 from cmim.config_schema import definition
 from cmim.errors import ConfigError
 from cmim.options import SELECTION_KEYS, as_dict, from_dict
+from cmim.options.checkpoint import CheckpointOptions
 from cmim.options.evals import TASK_OPTIONS, FeaturesOptions
 from cmim.options.loop import LoopOptions
 from cmim.options.methods import METHOD_OPTIONS, AugmentOptions
 
 # schema block ($defs.<name>) -> the class that mirrors it
-BLOCKS = {**METHOD_OPTIONS, "augment": AugmentOptions, "features": FeaturesOptions, **TASK_OPTIONS}
+BLOCKS = {**METHOD_OPTIONS, "augment": AugmentOptions, "features": FeaturesOptions, "checkpoint": CheckpointOptions,
+          **TASK_OPTIONS}
 # run keys that are not the loop's: what the run is (method, data, shape), not how it trains
 RUN_ONLY = {"method", "dataset", "arch", "patch_size", "depth", "embed_dim", "num_heads", "seeds", "probe_feature",
-            "augment", "mae", "can", "cmae", "simclr"}
+            "augment", "mae", "can", "cmae", "simclr", "checkpoint"}
 
 
 def _plain(v):

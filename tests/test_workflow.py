@@ -171,3 +171,43 @@ def test_kill_9_of_snakemake_mid_pretrain_then_snakemake_again_resumes(tmp_path)
     assert summary["resumed_from"] and summary["steps"] == 36
     wa, wb = (torch.load(d / target, map_location="cpu", weights_only=True)["encoder"] for d in (reference, killed))
     assert all(torch.equal(wa[k], wb[k]) for k in wa), "resumed weights must equal the uninterrupted run's"
+
+
+def test_a_study_with_an_imported_run_goes_through_every_classification_evaluation_and_the_tables(tmp_path):
+    """Released weights as a run: import job (not pretraining) -> features, linear probe, kNN, finetune,
+    partial finetune -> the task tables, a paper table and the compute table with the file's sha256; a
+    changed file re-imports."""
+    import checkpoint_files as F
+    from cmim.train.checkpoint import file_sha256
+
+    source = F.write("mae-training", F.encoder(), tmp_path)          # MAE's checkpoint-<E>.pth layout
+    cfg = fmnist_only(tiny_config(methods=()))
+    cfg["runs"] = {"released": {"method": "imported", "epochs": 1600, "checkpoint": {"path": str(source)}}}
+    cfg["tables"] = {"mae-reference": {"rows": {"vit_b": "released"}}, "compute": {}}
+    write_config(tmp_path / "config.yaml", cfg)
+    plan = snakemake(tmp_path, "-n").stdout
+    assert "rule import_checkpoint:" in plan and "rule pretrain:" not in plan and "rule baseline_encoder:" not in plan
+    snakemake(tmp_path)
+    res, sha = tmp_path / "results", file_sha256(source)
+    log = (res / "logs/import_checkpoint/released.log").read_text()
+    assert "[import] format mae" in log and "[import] missing encoder keys: none" in log
+    assert json.loads((res / "pretrain/released/import_report.json").read_text())["source"]["sha256"] == sha
+    for task in ("linear_probe", "knn", "finetune", "partial_finetune-k0", "partial_finetune-k1"):
+        result = json.loads((res / f"eval/released/{task}.json").read_text())
+        assert result["checkpoint"]["source"] == {"path": str(source), "sha256": sha, "format": "mae"}, task
+        assert result["method"] == "imported" and result["pretrain_epochs"] == 1600
+        assert 10 < result["metrics"]["top1"] <= 100, (task, result["metrics"])   # above chance on 10 classes
+    for table in ("linear_probe", "knn", "finetune", "partial_finetune"):
+        assert "released" in set(pd.read_csv(res / f"tables/{table}.csv")["run"]), table
+    compute = pd.read_csv(res / "tables/compute.csv")
+    row = compute[compute["job"] == "released"].iloc[0]
+    assert row["kind"] == "import" and row["source_sha256"] == sha
+    assert set(compute[compute["job"].str.startswith("released/")]["source_sha256"]) == {sha}
+    assert sha in (res / "tables/compute.md").read_text()
+    reference = (res / "tables/mae-reference.md").read_text()
+    assert "released" in reference and "1600" in reference
+    assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake(tmp_path, "-n"))
+    source.write_bytes(source.read_bytes())                           # a new download of the file
+    os.utime(source, (time.time() + 5, time.time() + 5))
+    rerun = snakemake(tmp_path, "-n").stdout
+    assert "rule import_checkpoint:" in rerun

@@ -27,6 +27,7 @@ import yaml
 
 from cmim import io, workflow
 from cmim.bench.cli import add_bench_parser
+from cmim.checkpoints.cli import add_checkpoint_parsers
 from cmim.config import load_config
 from cmim.errors import ConfigError, UserError
 from cmim.options import SELECTION_KEYS, from_dict
@@ -354,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", help="eval-table: the task whose results these are")
     s.set_defaults(fn=cmd_report)
 
+    add_checkpoint_parsers(sub, config_args)
     add_bench_parser(sub)
     add_plan_parser(sub)
     return p

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import warnings
 from pathlib import Path
 
 from cmim.config_schema import (
@@ -25,14 +26,16 @@ from cmim.config_schema import (
     schema,
     schema_problems,
 )
-from cmim.errors import ConfigError
+from cmim.errors import ConfigError, ConfigWarning
 from cmim.options import SELECTION_KEYS, from_dict
+from cmim.options.checkpoint import CheckpointOptions
 from cmim.options.evals import TASK_OPTIONS
 from cmim.options.methods import METHOD_OPTIONS, AugmentOptions
 from cmim.study import (
     BASELINE_METHODS,
     DENSE_FORMATS,
     DENSE_TASKS,
+    IMPORTED,
     METHOD_OPTION_KEYS,
     NEEDS_ENCODER,
     dense_dataset,
@@ -194,6 +197,11 @@ def _check_run(config: dict, run_id: str) -> list[str]:
     if spec["embed_dim"] % spec["num_heads"]:
         problems.append(f"{where}: embed_dim {spec['embed_dim']} is not divisible by num_heads "
                         f"{spec['num_heads']}")
+    if "checkpoint" in raw and method != IMPORTED:
+        problems.append(f"{where}.checkpoint: only an imported run reads its weights from a file (this run's "
+                        f"method is {method}); remove the block or set method: {IMPORTED}")
+    if method == IMPORTED:
+        return problems + _check_imported(run, own, where)
     if method in BASELINE_METHODS:
         if own.get("epochs", 0) not in (0, None) and "epochs" in own:
             problems.append(f"{where}.epochs: a {method} baseline is not trained; set epochs: 0 or drop it")
@@ -218,3 +226,25 @@ def _check_run(config: dict, run_id: str) -> list[str]:
         problems.append(f"{where}.batch_size: {run['batch_size']} is not divisible by accum_steps "
                         f"{run['accum_steps']}")
     return problems
+
+
+def _check_imported(run: dict, own: dict, where: str) -> list[str]:
+    """An imported run names its weights file; it has no epoch checkpoints. A file that is not on this
+    machine (yet) only warns: a study is often written before the weights are downloaded, and the
+    import job's input check names the file again when it is needed."""
+    if "checkpoint" not in run or not run["checkpoint"].get("path"):
+        return [f"{where}.checkpoint.path: an imported run needs the file of its weights (e.g. checkpoint: "
+                f"{{path: checkpoints/mae_pretrain_vit_base.pth, format: auto}})"]
+    problems = []
+    if own.get("checkpoint_epochs"):
+        problems.append(f"{where}.checkpoint_epochs: an imported run has only the file's weights, no epoch "
+                        f"checkpoints; remove the key")
+    try:
+        opts = from_dict(CheckpointOptions, run["checkpoint"], f"{where}.checkpoint")
+    except ConfigError as e:
+        return [*problems, str(e)]
+    if not Path(opts.path).exists():
+        warnings.warn_explicit(f"{where}.checkpoint.path: {opts.path} does not exist on this machine (yet); the "
+                               f"import job needs it", ConfigWarning, filename="cmim config", lineno=0)
+    return problems
+

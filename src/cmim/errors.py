@@ -47,4 +47,11 @@ class JobFailed(UserError, RuntimeError):
 
 
 class UnsafeFile(UserError, ValueError):
-    """A file whose unpickling would call something other than plain data and tensors (cmim.io.torch_load)."""
+    """A file whose unpickling would call something other than plain data and tensors (cmim.io.torch_load);
+    `refused` names the global it asked for."""
+
+    refused: str = ""
+
+
+class ConfigWarning(UserWarning):
+    """A config that is valid but points at something absent here (e.g. an imported run's weights file)."""

@@ -133,7 +133,9 @@ def torch_load(path: str | Path, *, allow: tuple = (), what: str = "file") -> An
         found = re.search(r"(?:Unsupported global|unsupported GLOBAL|unrecognized function|but got) *:? *(?:GLOBAL )?"
                           r"([\w.<>' ]+?)(?: was not| whose|$|\n|,)", text)
         asked = found.group(1).strip() if found else text.splitlines()[-1][:160]
-        raise UnsafeFile(f"{path}: refused to load this {what}: unpickling it would call {asked}, which is not "
-                         f"plain data or tensors (a pickle can run any code); cmim loads only weights from files it "
-                         f"did not write. Re-save the file's tensors (torch.save(state_dict)) where you trust it, and "
-                         f"pass that") from None
+        error = UnsafeFile(f"{path}: refused to load this {what}: unpickling it would call {asked}, which is not "
+                           f"plain data or tensors (a pickle can run any code); cmim loads only weights from files it "
+                           f"did not write. Re-save the file's tensors (torch.save(state_dict)) where you trust it, "
+                           f"and pass that")
+        error.refused = asked   # the global the file asked for (cmim.checkpoints tells known ones apart)
+        raise error from None

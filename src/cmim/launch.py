@@ -223,8 +223,11 @@ def submit_pretrain(run_config: Path, manifest: Path, out_dir: Path, launch: dic
 def launch_pretrain(run_config: Path, manifest: Path, out_dir: Path, launch: dict, run_id: str, log=print) -> dict:
     """Pretrain one run on the configured launcher; the untrained baselines are written here, in seconds."""
     run = yaml.safe_load(Path(run_config).read_text())
-    from cmim.study import BASELINE_METHODS
+    from cmim.study import BASELINE_METHODS, IMPORTED
 
+    if run["method"] == IMPORTED:
+        raise ValueError(f"run {run['run']} is imported: its encoder comes from its weights file through "
+                         f"`python -m cmim import-checkpoint` (rule import_checkpoint), never from pretraining")
     if run["method"] in BASELINE_METHODS:
         from cmim.tasks.pretrain import write_baseline
 

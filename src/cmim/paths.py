@@ -58,6 +58,10 @@ class RunFiles:
         return self.root / "reconstructions.pt"
 
     @property
+    def import_report(self) -> Path:   # imported runs: which keys of the source were loaded, ignored, missing
+        return self.root / "import_report.json"
+
+    @property
     def resume(self) -> Path:          # rolling training states; not a rule output, survives reruns
         return self.root / "resume"
 

@@ -30,7 +30,7 @@ from cmim import paths
 from cmim.config import load_config
 from cmim.options import SELECTION_KEYS, from_dict
 from cmim.options.evals import TASK_OPTIONS
-from cmim.study import BASELINE_METHODS, dense_dataset, eval_options, evaluated_runs, resolve_run, run_method
+from cmim.study import UNTRAINED_METHODS, dense_dataset, eval_options, evaluated_runs, resolve_run, run_method
 from cmim.train.schedule import steps_per_epoch
 
 DEFAULT_GPU = "H100"
@@ -206,7 +206,7 @@ def _eval_dataset(config: dict, task: str, run: dict) -> str:
 def _checkpoints(run: dict, on_epochs: bool) -> list[str]:
     """'final' + the epoch checkpoints evaluated on their own (as cmim.study.checkpoint_epochs)."""
     epochs = sorted(e for e in set(run["checkpoint_epochs"]) if e != run["epochs"])
-    return ["final"] + ([f"ep{e}" for e in epochs] if on_epochs and run["method"] not in BASELINE_METHODS else [])
+    return ["final"] + ([f"ep{e}" for e in epochs] if on_epochs and run["method"] not in UNTRAINED_METHODS else [])
 
 
 def frozen_jobs(config: dict, speed, gpus: int, samples) -> list[Job]:
@@ -318,7 +318,7 @@ def plan_study(config: dict, *, gpu: str = DEFAULT_GPU, mfu: float = DEFAULT_MFU
     compile = config.get("run_defaults", {}).get("compile")
     speed = Speeds(load_measurements(Path(results_dir), gpu), gpu, mfu, compile)
     jobs = [pretrain_job(config, r, speed, gpus, samples) for r in config["runs"]
-            if run_method(config, r) not in BASELINE_METHODS]
+            if run_method(config, r) not in UNTRAINED_METHODS]
     jobs += frozen_jobs(config, speed, gpus, samples)
     for task in ("finetune", "partial_finetune"):
         jobs += finetune_jobs(config, task, speed, gpus, samples)

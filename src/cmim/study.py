@@ -15,9 +15,12 @@ from typing import Any
 from cmim.config_schema import block_problems, deep_merge, fill_block
 from cmim.errors import ConfigError
 
-# Which methods train, and which are evaluation baselines without training.
+# Which methods train, which are evaluation baselines without training, and the runs whose encoder
+# is read from a weights file (released MAE / CMAE / timm / ... weights: cmim.checkpoints).
 TRAINED_METHODS = ("mae", "can", "cmae", "simclr")
 BASELINE_METHODS = ("random_init", "raw_pixels")
+IMPORTED = "imported"
+UNTRAINED_METHODS = (*BASELINE_METHODS, IMPORTED)   # never pretrained by cmim: no pretrain job, no epochs saved
 METHOD_OPTION_KEYS = TRAINED_METHODS  # a run may carry an options block named after its method only
 # Evaluation tasks, and which runs each can take: a task that trains or reads an encoder cannot
 # take raw_pixels (there is no encoder to finetune).
@@ -28,8 +31,10 @@ TASKS = FROZEN_TASKS + TRAINED_TASKS
 NEEDS_ENCODER = TRAINED_TASKS
 # The probe feature each method is evaluated with when probe_feature is "auto" (METHODS.md:
 # MAE and CMAE probe the cls token, CAN and SimCLR their contrastive feature, the patch mean).
+# An imported encoder probes its cls token, as MAE's and CMAE's released weights are probed (its
+# own pooling cannot be read from weights; probe_feature: mean overrides it).
 AUTO_PROBE_FEATURE = {"mae": "cls", "cmae": "cls", "can": "mean", "simclr": "mean",
-                      "random_init": "cls", "raw_pixels": "pixels"}
+                      "random_init": "cls", "raw_pixels": "pixels", IMPORTED: "cls"}
 # Timm's ViT sizes: width, depth, heads (timm vision_transformer.py vit_{tiny..huge}_patch16_224).
 ARCHS = {
     "vit_tiny": dict(embed_dim=192, depth=12, num_heads=3),
@@ -107,6 +112,8 @@ def resolve_run(config: dict, run_id: str) -> dict:
     dataset = config["datasets"][run["dataset"]]
     if run["method"] in BASELINE_METHODS:
         run["epochs"] = 0  # baselines are not trained, whatever run_defaults say
+    if run["method"] in UNTRAINED_METHODS:
+        run["checkpoint_epochs"] = []  # no epoch checkpoints exist, whatever run_defaults say
     resolved = {
         "run": run_id,
         **{k: v for k, v in run.items() if k not in (*METHOD_OPTION_KEYS, "embed_dim", "depth", "num_heads")},
@@ -175,9 +182,9 @@ def eval_options(config: dict, task: str, run_id: str) -> dict:
 
 def checkpoint_epochs(config: dict, run_id: str) -> list[int]:
     """Saved epochs of a trained run that need their own evaluation: not the last epoch (the final
-    checkpoint's result stands for it), none for the untrained baselines."""
+    checkpoint's result stands for it), none for the untrained baselines and imported runs."""
     run = run_options(config, run_id)
-    if run["method"] in BASELINE_METHODS:
+    if run["method"] in UNTRAINED_METHODS:
         return []
     return sorted(e for e in set(run["checkpoint_epochs"]) if e != run["epochs"])
 

@@ -101,13 +101,21 @@ def train_manifest(cfg: dict, run: str) -> str:
 
 def baseline_runs(cfg: dict) -> list[str]:
     """Runs with nothing to train (random_init, raw_pixels): their encoder is written in seconds."""
-    method = {r: {**cfg.get("run_defaults", {}), **cfg["runs"][r]}.get("method") for r in cfg["runs"]}
-    return [r for r in cfg["runs"] if method[r] in study.BASELINE_METHODS]
+    return [r for r in cfg["runs"] if study.run_method(cfg, r) in study.BASELINE_METHODS]
+
+
+def imported_runs(cfg: dict) -> list[str]:
+    """Runs whose encoder is read from a weights file (rule import_checkpoint), never pretrained."""
+    return [r for r in cfg["runs"] if study.run_method(cfg, r) == study.IMPORTED]
 
 
 def trained_runs(cfg: dict) -> list[str]:
-    baselines = set(baseline_runs(cfg))
-    return [r for r in cfg["runs"] if r not in baselines]
+    return [r for r in cfg["runs"] if study.run_method(cfg, r) not in study.UNTRAINED_METHODS]
+
+
+def import_source(cfg: dict, run: str) -> str:
+    """The weights file of an imported run: the import job's input, so a changed file re-imports."""
+    return study.resolve_run(cfg, run)["checkpoint"]["path"]
 
 
 def pretrain_threads(cfg: dict) -> int:

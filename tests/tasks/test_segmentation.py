@@ -169,3 +169,21 @@ def test_a_segmentation_killed_with_sigkill_resumes_to_the_weights_of_an_uninter
     assert ref["metrics"] == cut["metrics"] and cut["training"]["resumed_from"]
     assert losses(tmp_path / "ref" / "metrics.jsonl") == losses(out / "metrics.jsonl")
     assert SEG_FAST["batch_size"] == 4 and 12 // 4 < 10, "the run crosses pass boundaries of the train split"
+
+
+def test_the_relative_position_bias_is_on_by_default_and_starts_as_the_plain_model(dense_encoder, dense_shards):
+    """MAE's ADE20K setting: one zero-initialised table per encoder block, added after the heads without
+    drawing from the RNG, so heads and logits at initialisation are the plain model's, bit for bit."""
+    biased, plain = make_task(dense_encoder, dense_shards), make_task(dense_encoder, dense_shards, rel_pos_bias=False)
+    depth = len(plain.model.net.encoder.blocks)
+    tables = [n for n, _ in biased.model.net.named_parameters() if n.endswith("relative_position_bias_table")]
+    assert tables == [f"encoder.blocks.{i}.attn.rel_pos.relative_position_bias_table" for i in range(depth)]
+    assert not any("rel_pos" in n for n, _ in plain.model.net.named_parameters())
+    state = biased.model.net.state_dict()
+    assert all(torch.equal(state[k.replace(".attn.", ".attn.attn.") if ".attn." in k else k], v)
+               for k, v in plain.model.net.state_dict().items())
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    biased.model.net.eval(), plain.model.net.eval()
+    with torch.no_grad():
+        a, b = biased.model.net(images), plain.model.net(images)
+    assert torch.equal(a["logits"], b["logits"]) and torch.equal(a["aux"], b["aux"])

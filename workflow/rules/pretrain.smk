@@ -19,6 +19,7 @@ rule run_config:
 
 localrules:
     baseline_encoder,
+    import_checkpoint,
     epoch_checkpoint,
 
 
@@ -61,6 +62,35 @@ use rule pretrain as baseline_encoder with:
     threads: 1
     resources:
         runtime=10,
+
+
+# method: imported: the encoder comes from a weights file (released MAE / CMAE / timm / mmpretrain /
+# Lightning / cmim weights), read as data only and checked key by key (cmim.checkpoints). The file is
+# the input, so a changed file re-imports; the outputs are a pretraining run's files plus the key report.
+rule import_checkpoint:
+    wildcard_constraints:
+        run=W.alternation(W.imported_runs(CFG)),
+    input:
+        run_config=rules.run_config.output[0],
+        source=lambda w: W.import_source(CFG, w.run),
+    output:
+        checkpoint=str(P.run_files("{run}").checkpoint),
+        summary=str(P.run_files("{run}").summary),
+        metrics=str(P.run_files("{run}").metrics),
+        reconstructions=str(P.run_files("{run}").reconstructions),
+        report=str(P.run_files("{run}").import_report),
+    params:
+        out_dir=lambda w: str(P.run_files(w.run).root),
+    threads: 1
+    resources:
+        runtime=30,
+    log:
+        str(P.log("import_checkpoint", "{run}")),
+    conda:
+        "../../envs/cmim.yaml"
+    shell:
+        "python -m cmim import-checkpoint --run-config {input.run_config} --source {input.source:q} "
+        "--out {params.out_dir} > {log} 2>&1"
 
 
 # Epoch checkpoints are exported under resume/ while training (Snakemake deletes a job's declared

@@ -8,7 +8,8 @@ them. Every file holds:
   metrics     the scores, in percent: classification top1 (+ top5 with >= 5 classes);
               ade20k mIoU, mAcc, aAcc; coco bbox_AP ... segm_ARl (COCOeval's 12 numbers each)
   protocol    every setting that decided the score
-  checkpoint  {path, sha256, epoch, step} of the encoder that was evaluated
+  checkpoint  {path, sha256, epoch, step} of the encoder that was evaluated (+ source {path, sha256,
+              format} of the weights file an imported run came from)
   dataset     {name, train_samples, val_samples, num_classes}
   wall_time_s, and for trained evaluations `training` (summary.json: img/s, GPU-hours, ...)
 plus task-specific keys (history, best, per_class_iou, ...). Classification results also keep
@@ -29,7 +30,12 @@ TASK_NAME = re.compile(r"^(?P<base>linear_probe|knn|finetune|partial_finetune-k(
 
 
 def checkpoint_info(path: Path, ckpt: dict, sha256: str) -> dict:
-    return {"path": str(path), "sha256": sha256, "epoch": ckpt.get("epoch"), "step": ckpt.get("step")}
+    """The evaluated encoder file; for an imported run also `source`: the weights file it was imported
+    from (path, sha256, format), so a result names the released file its number belongs to."""
+    info = {"path": str(path), "sha256": sha256, "epoch": ckpt.get("epoch"), "step": ckpt.get("step")}
+    if ckpt.get("source"):
+        info["source"] = dict(ckpt["source"])
+    return info
 
 
 def record(task: str, run: dict, metrics: dict, *, protocol: dict, checkpoint: dict, dataset: dict,

@@ -29,9 +29,11 @@ classifier weights normal(std 0.01), bias 0, as mmseg's decode heads.
 
 Deviations from the mmseg recipe (stated, not hidden): the cross-entropy averages over the
 non-ignored pixels (PyTorch's mean; mmseg's default `avg_non_ignore=False` divides by all
-pixels, a per-batch rescaling); mmseg's MAE backbone uses layer scale (init_values 1.0), our timm
-blocks have none (MAE pretraining has none either); `slide_inference` pads an image smaller than
-the window (mmseg feeds the smaller window as is, which a fixed-size position embedding cannot).
+pixels, a per-batch rescaling); mmseg's MAE backbone uses layer scale (`gamma_1`/`gamma_2`, init_values
+1.0 in its ADE20K configs: a trainable per-channel scale that starts as the identity), our timm blocks
+have none (MAE pretraining has none, and the MAE paper names only the relative position bias, which
+cmim.models.relpos adds); `slide_inference` pads an image smaller than the window (mmseg feeds the
+smaller window as is, which a fixed-size position embedding cannot).
 """
 
 from __future__ import annotations

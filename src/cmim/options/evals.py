@@ -114,6 +114,7 @@ class SegmentationOptions:
     betas: tuple[float, float] = (0.9, 0.999)
     layer_decay: float = 0.65
     drop_path: float = 0.1
+    rel_pos_bias: bool = True                        # per-block relative position bias, zero-initialised (MAE)
     grad_clip: float | None = None                   # mmseg's MAE recipe clips nothing
     crop_size: int = 512                             # training crop; the encoder runs at this size
     scale: tuple[int, int] = (2048, 512)             # (long, short) edge that the random ratio multiplies

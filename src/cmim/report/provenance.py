@@ -1,6 +1,7 @@
 """The compute and provenance table: per run (pretraining and trained evaluations) GPU-/CPU-hours,
 img/s, MFU, wall time and peak memory, with the config hash of each run, the sha256 of every shard
-it read, and, read when the table is rendered, the git commit of the code and the package versions.
+it read, the sha256 of the weights file an imported run came from, and, read when the table is
+rendered, the git commit of the code and the package versions.
 
 The inputs (summary.json files, evaluation results, shard manifests) are the rule's declared
 inputs; the commit and versions describe the environment that rendered the table.
@@ -56,9 +57,11 @@ def shards_digest(manifest: dict) -> str:
     return h.hexdigest()[:16]
 
 
-def _row(job: str, kind: str, scale: dict, summary: dict | None) -> dict:
+def _row(job: str, kind: str, scale: dict, summary: dict | None, source: dict | None = None) -> dict:
+    """One job's row; `source` = the weights file an imported run came from (its path and sha256)."""
     row = {"job": job, "kind": kind, "method": scale["method"], "arch": scale["arch"], "dataset": scale["dataset"],
-           "epochs": scale["epochs"], "seed": scale["seed"]}
+           "epochs": scale["epochs"], "seed": scale["seed"],
+           "source": (source or {}).get("path"), "source_sha256": (source or {}).get("sha256")}
     if summary is None:
         return {**row, "status": NOT_RUN}
     return {**row, "status": "ok", **{k: summary.get(k) for k in COMPUTE_KEYS}}
@@ -70,14 +73,16 @@ def frames(plan: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     for run in plan["runs"]:
         path = Path(plan["summaries"][run])
         summary = io.read_json(path) if path.exists() else None
+        source = (summary or {}).get("source")
         if summary is not None and not summary.get("steps"):
-            summary = {**summary, "device": "- (not trained)"}
-        jobs.append(_row(run, "pretrain", plan["scales"][run], summary))
+            summary = {**summary, "device": "- (imported)" if source else "- (not trained)"}
+        jobs.append(_row(run, "import" if source else "pretrain", plan["scales"][run], summary, source))
     for name, path in plan["evals"].items():
         run, task = name.split("/", 1)
         result = io.read_json(path) if Path(path).exists() else None
         training = None if result is None else result.get("training", {})
-        jobs.append(_row(name, task, plan["scales"][run], training))
+        source = None if result is None else result.get("checkpoint", {}).get("source")
+        jobs.append(_row(name, task, plan["scales"][run], training, source))
     shards = []
     for name, path in plan.get("manifests", {}).items():
         if not Path(path).exists():
@@ -91,7 +96,8 @@ def frames(plan: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 DISPLAY = {"job": "job", "kind": "kind", "arch": "arch", "dataset": "dataset", "epochs": "epochs", "status": "status",
            "device": "device", "gpu_hours": "GPU-h", "cpu_hours": "CPU-h", "img_per_s": "img/s", "mfu": "MFU",
-           "wall_time_s": "wall (min)", "peak_memory_gb": "peak mem (GB)", "config_hash": "config hash"}
+           "wall_time_s": "wall (min)", "peak_memory_gb": "peak mem (GB)", "config_hash": "config hash",
+           "source_sha256": "imported from (sha256)"}
 
 
 def display(jobs: pd.DataFrame) -> pd.DataFrame:
@@ -99,6 +105,8 @@ def display(jobs: pd.DataFrame) -> pd.DataFrame:
     df["wall_time_s"] = [None if v is None or pd.isna(v) else v / 60 for v in df["wall_time_s"]]
     for col in ("gpu_hours", "cpu_hours", "img_per_s", "mfu", "wall_time_s", "peak_memory_gb"):
         df[col] = [fmt(None if v is None or pd.isna(v) else float(v)) for v in df[col]]
+    if not any(isinstance(v, str) for v in df["source_sha256"]):
+        df = df.drop(columns=["source_sha256"])        # no imported run: no column of dashes
     return df.rename(columns=DISPLAY).fillna("-")
 
 
@@ -119,7 +127,8 @@ def write(plan: dict, out_md: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     env = pd.DataFrame([{"package": k, "version": v} for k, v in versions.items()])
     note = (f"Rendered from git commit {commit}. Hours are device-hours (wall time x processes); MFU is "
             "achieved FLOPs over the GPU's dense bf16 peak (none on CPU); the config hash is the hash of the job's "
-            "resolved config (cmim.study.config_hash), as its checkpoints record it.")
+            "resolved config (cmim.study.config_hash), as its checkpoints record it. An imported run (and each "
+            "evaluation of it) names the sha256 of the weights file it was imported from.")
     md = [f"# {plan['title']}", "", note, "", "## Jobs", "", shown.to_markdown(index=False), ""]
     if len(shards):
         md += ["## Shards", "", shard_shown.to_markdown(index=False), ""]

@@ -5,8 +5,10 @@ on `_base_/models/upernet_mae.py`, `_base_/datasets/ade20k.py`; METHODS.md 2.3),
 of evaluations.ade20k:
 - model (cmim.models.upernet): 4 blocks of the encoder without its final norm, Feature2Pyramid
   neck, UPerHead (768 channels in the MAE config), auxiliary FCN head (256 channels, loss weight
-  0.4), Dropout2d 0.1, cross-entropy with ignore 255; the encoder with drop path 0.1 and its
-  position embedding resampled to the crop grid and trained;
+  0.4), Dropout2d 0.1, cross-entropy with ignore 255; the encoder with drop path 0.1, its
+  position embedding resampled to the crop grid and trained, and (rel_pos_bias, the MAE paper's
+  setting) a zero-initialised relative position bias in every block (cmim.models.relpos), trained
+  with weight decay like mmseg's LayerDecayOptimizerConstructor does (a 2-D parameter);
 - optimiser: AdamW lr 1e-4 (absolute, at batch 16 = 8 GPUs x 2), betas (0.9, 0.999), weight
   decay 0.05 (none on norms, biases, pos/cls tokens), layer decay 0.65 (block i of L: 0.65^(L - i),
   embeddings 0.65^(L + 1), neck and heads 1: mmseg's LayerDecayOptimizerConstructor);
@@ -41,6 +43,7 @@ from cmim.data.segmentation import (
 )
 from cmim.evals import dense_examples
 from cmim.evals.miou import SegmentationMetric
+from cmim.models.relpos import add_relative_position_bias
 from cmim.models.upernet import UperNet, predict_labels, segmentation_loss
 from cmim.models.vit import downstream_encoder
 from cmim.options import as_dict
@@ -94,6 +97,8 @@ class SegmentationTask(TransferTask):
                                       dynamic_img_size=opts.slide_crop != opts.crop_size)
         net = UperNet(backbone, len(self.classes), channels=opts.channels, aux_channels=opts.aux_channels,
                       dropout=opts.dropout)
+        if opts.rel_pos_bias:  # after the heads, and without drawing from the RNG: their init is unchanged
+            add_relative_position_bias(net.encoder)
         self.model = SegmentationModel(net, opts, data["mean"], data["std"])
         self.examples: list[dict] = []
 
