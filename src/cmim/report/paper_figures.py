@@ -222,14 +222,15 @@ def mosaic(images: dict, count: int):
 def reconstructions_figure(plan: dict, out_png: Path, images_per_run: int = 8) -> None:
     """Per run group (its first seed): input, masked input and prediction of a few train images, as
     un-normalised uint8 images (cmim.methods.visualize maps norm-pix predictions back to pixels)."""
-    import torch
 
     records, seen = [], set()
     for run, path in plan["files"].items():
         group = run.rsplit("-s", 1)[0] if re.search(r"-s\d+$", run) else run
         if group in seen or not Path(path).exists():
             continue
-        rec = torch.load(path, map_location="cpu", weights_only=True)
+        rec = io.torch_load(path, what="reconstructions file", advice=(
+            "cmim's reconstructions hold only uint8 images and names, so this one was not written by cmim: "
+            f"delete it and re-run its pretraining (snakemake --force {path})"))
         if rec.get("images"):
             records.append((run, rec))
             seen.add(group)
