@@ -264,6 +264,8 @@ class Trainer:
                      f"steps/epoch x {plan.epochs} epochs = {plan.total_steps} steps, batch {opts.batch_size} "
                      f"(micro {plan.micro_batch} x accum {opts.accum_steps}), lr {plan.peak_lr:.3e} "
                      f"({opts.lr_schedule}), warmup {plan.warmup_steps} steps, {ctx.num_workers} loader worker(s)")
+            for warning in task.start_warnings():
+                self.log(f"[{task.describe()}] warning: {warning}")
         flags = StopFlags().install()
         window = progress.Meter()
         last_saved = resumed_from

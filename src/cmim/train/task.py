@@ -94,6 +94,10 @@ class TrainTask(abc.ABC):
         """Extra keys of summary.json (run id, method, ...)."""
         return {}
 
+    def start_warnings(self) -> list[str]:
+        """Problems of the input that do not stop the job, logged once as it starts (rank 0)."""
+        return []
+
     # ------------------------------------------------------------------ training
     def parameter_groups(self) -> list[dict]:
         """AdamW groups of `self.model`; a group may carry `lr_scale` (layer decay)."""
