@@ -28,6 +28,7 @@ import yaml
 from cmim import io, workflow
 from cmim.bench.cli import add_bench_parser
 from cmim.config import load_config
+from cmim.config import warnings as config_warnings
 from cmim.errors import ConfigError, UserError
 from cmim.options import SELECTION_KEYS, from_dict
 from cmim.options.evals import FeaturesOptions, KnnOptions, ProbeOptions
@@ -88,6 +89,8 @@ def _cpu_job(args, manifests=()) -> None:
 
 def cmd_validate(args) -> int:
     config = workflow.load_files(args.configfile, args.set)
+    for line in config_warnings(config):
+        log(f"warning: {line}")
     log(f"config OK: {len(config['datasets'])} dataset(s), {len(config['runs'])} run(s), "
         f"evaluations: {', '.join(config['evaluations']) or 'none'}")
     for task in config["evaluations"]:

@@ -87,11 +87,41 @@ def validate(raw: dict, source: str = "config") -> dict:
         raise ConfigError(f"{source}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
     return config
 
+# Formats read from a folder the user names: their root is required (fashion-mnist searches its
+# default places; demo formats are generated under results/demo/).
+ROOT_LAYOUT = {"imagefolder": "<root>/<split>/<class>/<image>",
+               "ade20k": "<root>/ADEChallengeData2016/{images,annotations}/<split>/",
+               "coco": "<root>/{train2017,val2017}/ + <root>/annotations/instances_<split>.json"}
+
+
+def warnings(config: dict) -> list[str]:
+    """What `validate` and the Snakefile say about a valid config without failing it: a dataset root
+    that does not exist, or is no folder, on this machine. Only a warning: on a cluster the data may
+    be mounted only on the compute nodes that run the shard jobs."""
+    out = []
+    for name, ds in config["datasets"].items():
+        root = ds.get("root")
+        if not root or ds["format"].startswith("demo-"):
+            continue
+        path = Path(root).expanduser()
+        if not path.exists():
+            out.append(f"datasets.{name}.root: {root} does not exist on this machine; if it exists only where the "
+                       f"jobs run (a compute node's mount), carry on, otherwise fix the path: the shard job of "
+                       f"{name} would fail on it")
+        elif not path.is_dir():
+            out.append(f"datasets.{name}.root: {root} is a file, not a folder; the shard job of {name} reads a "
+                       f"folder ({ROOT_LAYOUT.get(ds['format'], 'the IDX .gz files')})")
+    return out
+
+
 def _check_semantics(config: dict, raw: dict) -> list[str]:
     problems: list[str] = []
     datasets = config["datasets"]
     for name, ds in datasets.items():
         where = f"datasets.{name}"
+        if ds["format"] in ROOT_LAYOUT and not ds.get("root"):
+            problems.append(f"{where}.root: a dataset of format {ds['format']} needs the folder of its source "
+                            f"({ROOT_LAYOUT[ds['format']]}); set it")
         if "demo" in raw["datasets"][name] and not ds["format"].startswith("demo-"):
             problems.append(f"{where}.demo: only demo-ade20k / demo-coco datasets take demo options "
                             f"(format is {ds['format']}); remove the key")
