@@ -220,10 +220,11 @@ def cmd_report(args) -> int:
 
     if not args.inputs:
         raise ConfigError(f"report {args.what}: --inputs is required")
+    html_out = Path(args.out_html) if args.out_html else None
     if args.what == "probe-table":
-        tables.probe_table([Path(p) for p in args.inputs], Path(args.out), Path(args.out_csv))
+        tables.probe_table([Path(p) for p in args.inputs], Path(args.out), Path(args.out_csv), html_out)
     elif args.what == "eval-table":
-        tables.eval_table(args.task, [Path(p) for p in args.inputs], Path(args.out), Path(args.out_csv))
+        tables.eval_table(args.task, [Path(p) for p in args.inputs], Path(args.out), Path(args.out_csv), html_out)
     elif args.what == "loss-figure":
         from cmim.report import figures
 
@@ -351,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plan", help="table / figure: the plan as JSON (or @file), as workflow/rules/paper.smk passes it")
     s.add_argument("--out", required=True)
     s.add_argument("--out-csv")
+    s.add_argument("--out-html", help="probe-table / eval-table: the table as the report shows it")
     s.add_argument("--task", help="eval-table: the task whose results these are")
     s.set_defaults(fn=cmd_report)
 

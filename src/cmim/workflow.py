@@ -283,10 +283,10 @@ def all_targets(cfg: dict) -> list[str]:
     targets += [str(paths.run_files(r).checkpoint) for r in cfg["runs"]]
     evaluations = cfg["evaluations"]
     if "linear_probe" in evaluations:
-        targets += [str(paths.table("linear_probe", "md")), str(paths.table("linear_probe", "csv"))]
+        targets += [str(paths.table("linear_probe", ext)) for ext in ("md", "csv", "html")]
     for task in EVAL_TABLES:
         if task in evaluations and study.evaluated_runs(cfg, task):
-            targets += [str(paths.table(task, "md")), str(paths.table(task, "csv"))]
+            targets += [str(paths.table(task, ext)) for ext in ("md", "csv", "html")]
     for task in study.DENSE_TASKS:
         if task in evaluations:
             targets += [str(paths.eval_examples(r, task)) for r in study.evaluated_runs(cfg, task)]
