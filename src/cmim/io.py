@@ -122,6 +122,17 @@ _ASKED = re.compile(r"GLOBAL (?P<g>[\w.]+)|unrecognized function (?P<f>[^\n]+?)(
                     r"|(?:Can only build|Can only create new object).*?but got (?P<c>[^\n]+)")
 
 
+def unreadable_reason(e: Exception) -> str:
+    """Why torch could not read a file, in one line: torch's weights-only errors wrap the reason in a
+    paragraph of advice (which says to load with weights_only=False: never, for a file cmim did not
+    write), and its zip reader adds a second sentence about miniz."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(e).__name__}: {first.split('. ')[0][:160] or 'the file ended early'}"
+
+
 def torch_load(path: str | Path, *, allow: tuple = (), what: str = "file", advice: str | None = None) -> Any:
     """torch.load with `weights_only=True`: tensors, containers, numbers and strings, plus exactly the
     `allow`ed classes and functions (cmim.train.checkpoint allows numpy's RNG state in resume states).

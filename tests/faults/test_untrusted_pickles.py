@@ -93,6 +93,22 @@ def test_a_real_resume_state_loads_with_exactly_numpys_rng_types(tmp_path):
     assert needed <= allowed and len(RESUME_GLOBALS) == 4, (needed, allowed)
 
 
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_a_raw_pickle_stream_as_resume_state_is_refused_not_set_aside(tmp_path, protocol):
+    """torch cannot even parse a protocol-4 stream's framing (it would be "unreadable" and moved to
+    corrupt/), but no cmim write leaves a raw pickle: it was put there, so it is refused like one that
+    asks for a global."""
+    from cmim.train.checkpoint import newest_resume
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "resume" / "step-000000007.pt"
+    path.parent.mkdir()
+    path.write_bytes(pickle.dumps({"step": 7, "payload": Planted(marker)}, protocol=protocol))
+    with pytest.raises(UnsafeFile, match=r"step-000000007.pt: refused to load this resume state"):
+        newest_resume(path.parent, "hash", log=lambda m: None)
+    assert path.exists() and not marker.exists()
+
+
 def test_a_planted_resume_state_stops_the_pretraining_and_stays_where_it_is(tmp_path, fmnist_shards):
     """The newest state is planted: the job refuses it in one line naming it and the global, creates no
     marker, does not move it to resume/corrupt/ (it is not damaged) and does not fall back to an older

@@ -101,7 +101,7 @@ def load_features(path) -> dict:
     except UnsafeFile:
         raise
     except Exception as e:
-        raise ValueError(f"{path} cannot be read ({type(e).__name__}); re-run its features rule "
+        raise ValueError(f"{path} cannot be read ({io.unreadable_reason(e)}); re-run its features rule "
                          f"(snakemake --force {path})") from None
     if not isinstance(data, dict) or data.get("format") != FEATURES_FORMAT:
         raise ValueError(f"{path}: not a cmim features file; re-run its features rule")

@@ -84,15 +84,6 @@ def _quarantine(path: Path, reason: str, log) -> Path:
     return target
 
 
-def _reason(e: Exception) -> str:
-    """One line of why a state cannot be read (torch's weights-only errors wrap the reason in a paragraph)."""
-    text = str(e)
-    if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1].strip()
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    return f"{type(e).__name__}: {first[:200]}"
-
-
 def newest_resume(resume_dir: Path, config_hash: str, log=print) -> tuple[dict | None, Path | None]:
     """The newest loadable state saved under this config, or (None, None) to start fresh.
 
@@ -107,7 +98,7 @@ def newest_resume(resume_dir: Path, config_hash: str, log=print) -> tuple[dict |
         except UnsafeFile:
             raise  # planted, not damaged: stop here (the module docstring)
         except Exception as e:  # cut short by a kill or a full disk: fall back to the previous one
-            _quarantine(path, _reason(e), log)
+            _quarantine(path, io.unreadable_reason(e), log)
             continue
         if state.get("config_hash") != config_hash:
             stale = resume_dir.with_name(f"{resume_dir.name}.stale-{state.get('config_hash')}")
@@ -124,10 +115,16 @@ def newest_resume(resume_dir: Path, config_hash: str, log=print) -> tuple[dict |
 def read_resume_state(path: Path) -> dict:
     """One resume state, unpickled with exactly `RESUME_GLOBALS` allowed (UnsafeFile if it asks for
     more); ValueError if it loads but is not a cmim state."""
-    state = io.torch_load(path, allow=RESUME_GLOBALS, what="resume state", advice=(
-        f"cmim's resume states hold only tensors, numbers and numpy's RNG state, so this file was not written "
-        f"by cmim: look at who wrote it, then delete it (training resumes from the state before it) or move "
-        f"{Path(path).parent} aside to start fresh"))
+    advice = (f"cmim's resume states hold only tensors, numbers and numpy's RNG state, so this file was not "
+              f"written by cmim: look at who wrote it, then delete it (training resumes from the state before it) "
+              f"or move {Path(path).parent} aside to start fresh")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head[:1] == b"\x80":   # a pickle stream (PROTO opcode), not the zip archive torch.save writes
+        raise UnsafeFile(f"{path}: refused to load this resume state: it is a raw pickle stream, not the zip archive "
+                         f"torch.save writes (no write of cmim, cut short or not, leaves one; a pickle can run any "
+                         f"code); {advice}")
+    state = io.torch_load(path, allow=RESUME_GLOBALS, what="resume state", advice=advice)
     if not isinstance(state, dict) or "step" not in state:
         raise ValueError("not a cmim resume state")
     rng = state.get("rng", {}).get("numpy") if isinstance(state.get("rng"), dict) else None
@@ -164,7 +161,7 @@ def read_encoder_checkpoint(path: Path) -> dict:
             f"exported encoder; keep it (training resumes from it) and pass the run's checkpoint.pt or "
             f"epochs/ckpt-E.pt instead") from None
     except Exception as e:
-        raise CheckpointError(f"{path} cannot be read as a checkpoint ({type(e).__name__}: {str(e)[:200]}); "
+        raise CheckpointError(f"{path} cannot be read as a checkpoint ({io.unreadable_reason(e)}); "
                               f"if it was cut short, re-export it by re-running its pretrain rule (training "
                               f"resumes from the run's resume/ states, nothing is retrained)") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != ENCODER_FORMAT:
