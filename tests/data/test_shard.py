@@ -415,3 +415,18 @@ def test_zero_area_coco_boxes_leave_their_image_targets_and_are_listed(tmp_path)
     assert stored == {42: [2, 5, 33], 7: [], 139: [9]}
     assert any("3 annotation(s) have a box of zero area" in line for line in lines), lines
     assert M.read_manifest(tmp_path / "out" / "manifest.json")["degenerate_boxes"] == m["degenerate_boxes"]
+
+
+def test_a_decompression_bomb_is_skipped_and_a_16_bit_grey_png_converted(tmp_path):
+    """From the hostile-input sweep (tests/faults/README.md, cases 30 and 32): a 400-megapixel PNG of a
+    few kB is skipped with PIL's reason instead of being decoded; a 16-bit grey PNG is converted to RGB."""
+    make_imagefolder(tmp_path / "src", n_per_class=2)
+    Image.new("1", (20000, 20000)).save(tmp_path / "src" / "train" / "cat" / "bomb.png")
+    Image.fromarray(np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60).save(
+        tmp_path / "src" / "train" / "dog" / "grey16.png")
+    m = run(tmp_path / "src", tmp_path / "out", max_bad_fraction=0.5)
+    skipped = {s["source"]: s["reason"] for s in m["skipped"]}
+    assert "DecompressionBombError" in skipped["train/cat/bomb.png"]
+    converted = {s["source"]: s["reason"] for s in m["converted"]}
+    assert "mode I;16: converted to RGB" in converted["train/dog/grey16.png"]
+    assert m["num_samples"] == 5
