@@ -6,9 +6,12 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
+from snakemake.logging import logger
+
 from cmim import paths as P
 from cmim import workflow as W
 from cmim.config import ConfigError
+from cmim.config import warnings as config_warnings
 
 min_version("9.0")
 
@@ -25,7 +28,14 @@ os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.enviro
 
 # A study given with --configfile replaces the demo config instead of merging into it
 # (a study must not inherit the demo's runs); --config key=value overrides apply either way.
+# config.yaml is parsed by cmim first, so that a YAML error names its line and column (Snakemake's
+# loader would say only "not valid JSON or YAML"); --configfile files are parsed by Snakemake
+# before this file runs (`python -m cmim validate --configfile ...` names the line for those).
 if not workflow.overwrite_configfiles:
+    try:
+        W.check_config_files(["config.yaml"])
+    except ConfigError as e:
+        raise WorkflowError(f"invalid config: {e}")
 
     configfile: "config.yaml"
 
@@ -43,6 +53,12 @@ _SUMMARY = os.path.abspath(P.summary("rst"))
 
 
 report: _SUMMARY if os.path.exists(_SUMMARY) else "workflow/report/workflow.rst"
+
+
+# A root that does not exist here may exist on the compute nodes: said once, not fatal.
+if workflow.is_main_process:
+    for _warning in config_warnings(CFG):
+        logger.warning(f"warning: {_warning}")
 
 
 # Where and how fast jobs run (the launch block) reaches them through the environment, not as a

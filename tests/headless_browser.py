@@ -179,6 +179,30 @@ class Browser:
         self.call("Page.navigate", url=url)
         self.wait_event("Page.loadEventFired", timeout)
 
+    def frame_text(self, contains: str = "", timeout: float = 30.0) -> str:
+        """innerText of the page's iframe once it contains `contains`, read in the frame's own JavaScript
+        context: a data: URL frame (how the Snakemake report shows an HTML result) is cross-origin to
+        the page, so the page's script cannot read it."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            frames = self.call("Page.getFrameTree")["frameTree"].get("childFrames", [])
+            ids = {f["frame"]["id"] for f in frames}
+            contexts = [e["params"]["context"]["id"] for e in self.events
+                        if e.get("method") == "Runtime.executionContextCreated"
+                        and e["params"]["context"]["auxData"].get("frameId") in ids
+                        and e["params"]["context"]["auxData"].get("isDefault")]
+            for context in reversed(contexts):
+                try:
+                    r = self.call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''",
+                                  contextId=context, returnByValue=True)
+                except RuntimeError:          # a frame the report has replaced since
+                    continue
+                text = r.get("result", {}).get("value") or ""
+                if text and contains in text:
+                    return text
+            time.sleep(0.25)
+        raise TimeoutError(f"no frame shows {contains!r}")
+
     def screenshot(self, path: Path) -> Path:
         data = self.call("Page.captureScreenshot", format="png")["data"]
         Path(path).write_bytes(base64.b64decode(data))

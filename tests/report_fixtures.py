@@ -112,3 +112,62 @@ def cached_schema(monkeypatch):
     the report tests validate many small configs, so they read it once."""
     once = functools.cache(config_module.schema)
     monkeypatch.setattr(config_module, "schema", lambda: copy.deepcopy(once()))
+
+
+# ----------------------------------------------------------------------------- the six per-task tables
+
+TASK_PROTOCOL = {"linear_probe": {"features": "cached"}, "knn": {"k": 20, "temperature": 0.07},
+                 "finetune": {"pool": "avg", "epochs": 6, "batch_size": 64, "base_lr": 1.6e-2, "layer_decay": 0.75},
+                 "ade20k": {"iters": 200, "batch_size": 4, "lr": 1e-4, "layer_decay": 0.65},
+                 "coco": {"iters": 600, "batch_size": 4, "lr": 1e-4, "layer_decay": 0.7}}
+TASK_TABLE_RULES = ["probe_table", "knn_table", "finetune_table", "partial_finetune_table", "ade20k_table",
+                    "coco_table"]
+
+
+def task_study_raw() -> dict:
+    """study_raw without paper tables and figures, with every task evaluated (the dense ones on demo
+    datasets): what the per-task table rules of workflow/rules/report.smk render."""
+    raw = study_raw()
+    raw.pop("tables"), raw.pop("figures")
+    raw["datasets"].update({"scenes_ade": {"format": "demo-ade20k", "image_size": 64},
+                            "scenes_coco": {"format": "demo-coco", "image_size": 64}})
+    raw["evaluations"].update({"knn": {"runs": ["can", "mae"]}, "partial_finetune": {"runs": ["mae"], "blocks": [0, 1]},
+                               "ade20k": {"runs": ["mae"]}, "coco": {"runs": ["mae"]}})
+    return raw
+
+
+def write_task_result(run: str, method: str, task: str, metrics: dict, seed: int, classes: int = 10) -> Path:
+    """A result file with the protocol keys its task table reads (cmim.report.tables)."""
+    base = task.split("-k")[0]
+    protocol = dict(TASK_PROTOCOL["finetune" if base == "partial_finetune" else base])
+    extra: dict = {"feature": "cls"} if base in ("linear_probe", "knn") else {"training": {"img_per_s": 100.0}}
+    if base == "partial_finetune":
+        protocol["blocks"] = int(task.split("-k")[1])
+    result = results.record(task, {"run": run, "method": method, "seed": seed, "epochs": 2, "encoder": ENCODER},
+                            metrics, protocol=protocol, checkpoint={"path": "x", "sha256": "0" * 64, "epoch": 2},
+                            dataset={"name": "fmnist", "train_samples": 600, "val_samples": 200,
+                                     "num_classes": classes}, wall_time_s=1.0, **extra)
+    path = paths.eval_result(run, task)
+    results.write(path, result)
+    return path
+
+
+def write_task_study(root: Path) -> None:
+    """Every result of task_study_raw under root/results; kNN of `can` on a 2-class dataset (no top-5)."""
+    with contextlib.chdir(root):
+        for seed in SEEDS:
+            for group, values in PROBE.items():
+                write_task_result(f"{group}-s{seed}", METHOD[group], "linear_probe", {"top1": values[seed],
+                                                                                      "top5": 99.0}, seed)
+            for group in ("can", "mae"):
+                write_task_result(f"{group}-s{seed}", group, "finetune", {"top1": FINETUNE[group][seed], "top5": 99.5},
+                                  seed)
+                knn = {"top1": 50.0 + seed} if group == "can" else {"top1": 55.0 + seed, "top5": 90.0}
+                write_task_result(f"{group}-s{seed}", group, "knn", knn, seed, classes=2 if group == "can" else 10)
+            for k in (0, 1):
+                write_task_result(f"mae-s{seed}", "mae", f"partial_finetune-k{k}", {"top1": 40.0 + k + seed,
+                                                                                    "top5": 80.0}, seed)
+            write_task_result(f"mae-s{seed}", "mae", "ade20k", {"mIoU": 8.3 + seed, "mAcc": 18.5, "aAcc": 60.0}, seed)
+            coco = {"bbox_AP": 0.3 + seed, "bbox_AP50": 1.2, "bbox_AP75": None, "segm_AP": 0.3, "segm_AP50": 1.0,
+                    "segm_AP75": 0.1}
+            write_task_result(f"mae-s{seed}", "mae", "coco", coco, seed)

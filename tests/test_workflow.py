@@ -184,6 +184,7 @@ def test_a_study_with_an_imported_run_goes_through_every_classification_evaluati
     cfg = fmnist_only(tiny_config(methods=()))
     cfg["runs"] = {"released": {"method": "imported", "epochs": 1600, "checkpoint": {"path": str(source)}}}
     cfg["tables"] = {"mae-reference": {"rows": {"vit_b": "released"}}, "compute": {}}
+    cfg["report"] = {"scale": "small"}                               # a tiny encoder in a ViT-B/16 row
     write_config(tmp_path / "config.yaml", cfg)
     plan = snakemake(tmp_path, "-n").stdout
     assert "rule import_checkpoint:" in plan and "rule pretrain:" not in plan and "rule baseline_encoder:" not in plan

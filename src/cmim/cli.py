@@ -29,6 +29,7 @@ from cmim import io, workflow
 from cmim.bench.cli import add_bench_parser
 from cmim.checkpoints.cli import add_checkpoint_parsers
 from cmim.config import load_config
+from cmim.config import warnings as config_warnings
 from cmim.errors import ConfigError, UserError
 from cmim.options import SELECTION_KEYS, from_dict
 from cmim.options.evals import FeaturesOptions, KnnOptions, ProbeOptions
@@ -89,6 +90,8 @@ def _cpu_job(args, manifests=()) -> None:
 
 def cmd_validate(args) -> int:
     config = workflow.load_files(args.configfile, args.set)
+    for line in config_warnings(config):
+        log(f"warning: {line}")
     log(f"config OK: {len(config['datasets'])} dataset(s), {len(config['runs'])} run(s), "
         f"evaluations: {', '.join(config['evaluations']) or 'none'}")
     for task in config["evaluations"]:
@@ -219,10 +222,11 @@ def cmd_report(args) -> int:
 
     if not args.inputs:
         raise ConfigError(f"report {args.what}: --inputs is required")
+    html_out = Path(args.out_html) if args.out_html else None
     if args.what == "probe-table":
-        tables.probe_table([Path(p) for p in args.inputs], Path(args.out), Path(args.out_csv))
+        tables.probe_table([Path(p) for p in args.inputs], Path(args.out), Path(args.out_csv), html_out)
     elif args.what == "eval-table":
-        tables.eval_table(args.task, [Path(p) for p in args.inputs], Path(args.out), Path(args.out_csv))
+        tables.eval_table(args.task, [Path(p) for p in args.inputs], Path(args.out), Path(args.out_csv), html_out)
     elif args.what == "loss-figure":
         from cmim.report import figures
 
@@ -352,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plan", help="table / figure: the plan as JSON (or @file), as workflow/rules/paper.smk passes it")
     s.add_argument("--out", required=True)
     s.add_argument("--out-csv")
+    s.add_argument("--out-html", help="probe-table / eval-table: the table as the report shows it")
     s.add_argument("--task", help="eval-table: the task whose results these are")
     s.set_defaults(fn=cmd_report)
 

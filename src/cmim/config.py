@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import warnings
 from pathlib import Path
 
 from cmim.config_schema import (
@@ -26,7 +25,7 @@ from cmim.config_schema import (
     schema,
     schema_problems,
 )
-from cmim.errors import ConfigError, ConfigWarning
+from cmim.errors import ConfigError
 from cmim.options import SELECTION_KEYS, from_dict
 from cmim.options.checkpoint import CheckpointOptions
 from cmim.options.evals import TASK_OPTIONS
@@ -44,6 +43,7 @@ from cmim.study import (
     evaluated_runs,
     expand_names,
     expand_seeds,
+    resolve_run,
     run_method,
     run_options,
 )
@@ -90,11 +90,49 @@ def validate(raw: dict, source: str = "config") -> dict:
         raise ConfigError(f"{source}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
     return config
 
+# Formats read from a folder the user names: their root is required (fashion-mnist searches its
+# default places; demo formats are generated under results/demo/).
+ROOT_LAYOUT = {"imagefolder": "<root>/<split>/<class>/<image>",
+               "ade20k": "<root>/ADEChallengeData2016/{images,annotations}/<split>/",
+               "coco": "<root>/{train2017,val2017}/ + <root>/annotations/instances_<split>.json"}
+
+
+def warnings(config: dict) -> list[str]:
+    """What `validate` and the Snakefile say about a valid config without failing it: a dataset root
+    that does not exist, or is no folder, on this machine, or an imported run's weights file not here
+    (yet). Only warnings: on a cluster the data may be mounted only on the compute nodes that run the
+    shard jobs, and a study is often written before its weights are downloaded (the import job's
+    input check names the file again when it is needed)."""
+    out = []
+    for name in config["runs"]:
+        run = resolve_run(config, name)
+        path = (run.get("checkpoint") or {}).get("path")
+        if run["method"] == IMPORTED and path and not Path(path).expanduser().exists():
+            out.append(f"runs.{name}.checkpoint.path: {path} does not exist on this machine (yet); the import "
+                       f"job of {name} needs it")
+    for name, ds in config["datasets"].items():
+        root = ds.get("root")
+        if not root or ds["format"].startswith("demo-"):
+            continue
+        path = Path(root).expanduser()
+        if not path.exists():
+            out.append(f"datasets.{name}.root: {root} does not exist on this machine; if it exists only where the "
+                       f"jobs run (a compute node's mount), carry on, otherwise fix the path: the shard job of "
+                       f"{name} would fail on it")
+        elif not path.is_dir():
+            out.append(f"datasets.{name}.root: {root} is a file, not a folder; the shard job of {name} reads a "
+                       f"folder ({ROOT_LAYOUT.get(ds['format'], 'the IDX .gz files')})")
+    return out
+
+
 def _check_semantics(config: dict, raw: dict) -> list[str]:
     problems: list[str] = []
     datasets = config["datasets"]
     for name, ds in datasets.items():
         where = f"datasets.{name}"
+        if ds["format"] in ROOT_LAYOUT and not ds.get("root"):
+            problems.append(f"{where}.root: a dataset of format {ds['format']} needs the folder of its source "
+                            f"({ROOT_LAYOUT[ds['format']]}); set it")
         if "demo" in raw["datasets"][name] and not ds["format"].startswith("demo-"):
             problems.append(f"{where}.demo: only demo-ade20k / demo-coco datasets take demo options "
                             f"(format is {ds['format']}); remove the key")
@@ -229,9 +267,8 @@ def _check_run(config: dict, run_id: str) -> list[str]:
 
 
 def _check_imported(run: dict, own: dict, where: str) -> list[str]:
-    """An imported run names its weights file; it has no epoch checkpoints. A file that is not on this
-    machine (yet) only warns: a study is often written before the weights are downloaded, and the
-    import job's input check names the file again when it is needed."""
+    """An imported run names its weights file; it has no epoch checkpoints. (A file that is not on this
+    machine yet only warns: `warnings`.)"""
     if "checkpoint" not in run or not run["checkpoint"].get("path"):
         return [f"{where}.checkpoint.path: an imported run needs the file of its weights (e.g. checkpoint: "
                 f"{{path: checkpoints/mae_pretrain_vit_base.pth, format: auto}})"]
@@ -240,11 +277,8 @@ def _check_imported(run: dict, own: dict, where: str) -> list[str]:
         problems.append(f"{where}.checkpoint_epochs: an imported run has only the file's weights, no epoch "
                         f"checkpoints; remove the key")
     try:
-        opts = from_dict(CheckpointOptions, run["checkpoint"], f"{where}.checkpoint")
+        from_dict(CheckpointOptions, run["checkpoint"], f"{where}.checkpoint")
     except ConfigError as e:
         return [*problems, str(e)]
-    if not Path(opts.path).exists():
-        warnings.warn_explicit(f"{where}.checkpoint.path: {opts.path} does not exist on this machine (yet); the "
-                               f"import job needs it", ConfigWarning, filename="cmim config", lineno=0)
     return problems
 

@@ -86,18 +86,38 @@ def schema_problems(raw: dict) -> list[str]:
 
 
 def load_yaml(path: str | Path) -> dict:
+    """One config file as a mapping; a syntax error names the file, line and column (1-based, as
+    editors count); an empty file (or only comments) is an error, as it is to Snakemake."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
     try:
         data = yaml_load(path.read_text())
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file (byte {e.start} is not UTF-8); a config is YAML text") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        raise ConfigError(f"{path}:{_yaml_where(e)} not valid YAML: {_yaml_problem(e)}") from None
     if data is None:
-        return {}
+        raise ConfigError(f"{path}: the file is empty (or only comments); a study needs at least datasets: and runs:")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{path}: the top level must be a mapping (key: value lines), got {type(data).__name__}")
     return data
+
+
+def _yaml_where(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    return f"{mark.line + 1}:{mark.column + 1}:" if mark is not None else ""
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's several lines (context, problem, a caret under the text) as one."""
+    parts = [getattr(e, "context", None), getattr(e, "problem", None)]
+    text = "; ".join(p for p in parts if p) or str(e).splitlines()[0]
+    context = getattr(e, "context_mark", None)
+    problem = getattr(e, "problem_mark", None)
+    if context is not None and problem is not None and context.line != problem.line:
+        text += f" (the construct opened at line {context.line + 1}, column {context.column + 1})"
+    return text
 
 
 def deep_merge(base: dict, override: dict) -> dict:

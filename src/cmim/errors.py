@@ -53,5 +53,3 @@ class UnsafeFile(UserError, ValueError):
     refused: str = ""
 
 
-class ConfigWarning(UserWarning):
-    """A config that is valid but points at something absent here (e.g. an imported run's weights file)."""

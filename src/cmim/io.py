@@ -115,12 +115,32 @@ def _jsonable(x: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
-def torch_load(path: str | Path, *, allow: tuple = (), what: str = "file") -> Any:
+# What torch's weights-only unpickler says when a file asks for more than data: a global (class or
+# function) it does not allow, a call of one, or an object of a class it may not build. Any other
+# unpickling error (an unknown opcode, a cut-off stream) is a damaged file, not a refused one.
+_ASKED = re.compile(r"GLOBAL (?P<g>[\w.]+)|unrecognized function (?P<f>[^\n]+?)(?: which belongs|\n|$)"
+                    r"|(?:Can only build|Can only create new object).*?but got (?P<c>[^\n]+)")
+
+
+def unreadable_reason(e: Exception) -> str:
+    """Why torch could not read a file, in one line: torch's weights-only errors wrap the reason in a
+    paragraph of advice (which says to load with weights_only=False: never, for a file cmim did not
+    write), and its zip reader adds a second sentence about miniz."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(e).__name__}: {first.split('. ')[0][:160] or 'the file ended early'}"
+
+
+def torch_load(path: str | Path, *, allow: tuple = (), what: str = "file", advice: str | None = None) -> Any:
     """torch.load with `weights_only=True`: tensors, containers, numbers and strings, plus exactly the
-    `allow`ed classes (e.g. `argparse.Namespace` of MAE's training checkpoints). A file whose unpickling
-    would call anything else (a pickle's `__reduce__` can run any code) is refused before it runs:
-    `UnsafeFile` names the file and the global it asked for. Every file cmim reads with torch goes
-    through here: resume states, checkpoints, features, released weights."""
+    `allow`ed classes and functions (cmim.train.checkpoint allows numpy's RNG state in resume states).
+    A file whose unpickling would call or build anything else (a pickle's `__reduce__` can run any
+    code) is refused before it runs: `UnsafeFile` names the file, the global it asked for and what to
+    do (`advice`, else: re-save its tensors). A damaged file raises torch's own error, which the
+    caller turns into "cannot be read": refused and damaged are different problems. Every file cmim
+    reads with torch goes through here: resume states, checkpoints, features, reconstructions."""
     import pickle
 
     import torch
@@ -129,13 +149,13 @@ def torch_load(path: str | Path, *, allow: tuple = (), what: str = "file") -> An
         with torch.serialization.safe_globals(list(allow)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        text = str(e)
-        found = re.search(r"(?:Unsupported global|unsupported GLOBAL|unrecognized function|but got) *:? *(?:GLOBAL )?"
-                          r"([\w.<>' ]+?)(?: was not| whose|$|\n|,)", text)
-        asked = found.group(1).strip() if found else text.splitlines()[-1][:160]
+        found = _ASKED.search(str(e))
+        if found is None:
+            raise
+        asked = next(g for g in found.groups() if g).strip()
+        advice = advice or ("cmim loads only weights from files it did not write; re-save the file's tensors "
+                            "(torch.save(state_dict)) where you trust it, and pass that")
         error = UnsafeFile(f"{path}: refused to load this {what}: unpickling it would call {asked}, which is not "
-                           f"plain data or tensors (a pickle can run any code); cmim loads only weights from files it "
-                           f"did not write. Re-save the file's tensors (torch.save(state_dict)) where you trust it, "
-                           f"and pass that")
+                           f"plain data or tensors (a pickle can run any code); {advice}")
         error.refused = asked   # the global the file asked for (cmim.checkpoints tells known ones apart)
         raise error from None

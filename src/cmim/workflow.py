@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cmim import paths, study
 from cmim.config import load_config, validate
+from cmim.config_schema import load_yaml
 from cmim.datasets import DEMO_TREE, is_demo, reader_format, splits
 from cmim.errors import ConfigError
 from cmim.report import spec_checks
@@ -30,6 +31,16 @@ def load(config: dict) -> dict:
     """The Snakefile's config, validated with defaults filled in and its report blocks checked
     (raises cmim.errors.ConfigError naming every offending key)."""
     return checked(validate(config, source="config"), "config")
+
+
+def check_config_files(files) -> None:
+    """Parse each config file with cmim's YAML loader (ConfigError naming the file, line and column).
+    The Snakefile runs it on config.yaml before its `configfile:` directive, whose own loader says
+    only "Config file is not valid JSON or YAML". Files given with --configfile cannot be checked
+    here: Snakemake parses them in its command line, before any workflow code runs (README, *When
+    things go wrong*)."""
+    for path in files:
+        load_yaml(path)
 
 
 def load_files(files: list[str | Path], overrides: list[str] = ()) -> dict:
@@ -64,8 +75,6 @@ def shard_inputs(cfg: dict, dataset: str) -> list[str]:
 
 def shard_params(cfg: dict, dataset: str, split: str) -> dict:
     ds = cfg["datasets"][dataset]
-    if ds["format"] == "imagefolder" and not ds["root"]:
-        raise ValueError(f"datasets.{dataset}.root: an imagefolder dataset needs its root folder")
     options = {k: ds[k] for k in ("max_samples", "shard_max_count", "shard_max_bytes", "max_bad_fraction",
                                   "resize_short_side")}
     options["seed"] = cfg["seed"]
@@ -288,10 +297,10 @@ def all_targets(cfg: dict) -> list[str]:
     targets += [str(paths.run_files(r).checkpoint) for r in cfg["runs"]]
     evaluations = cfg["evaluations"]
     if "linear_probe" in evaluations:
-        targets += [str(paths.table("linear_probe", "md")), str(paths.table("linear_probe", "csv"))]
+        targets += [str(paths.table("linear_probe", ext)) for ext in ("md", "csv", "html")]
     for task in EVAL_TABLES:
         if task in evaluations and study.evaluated_runs(cfg, task):
-            targets += [str(paths.table(task, "md")), str(paths.table(task, "csv"))]
+            targets += [str(paths.table(task, ext)) for ext in ("md", "csv", "html")]
     for task in study.DENSE_TASKS:
         if task in evaluations:
             targets += [str(paths.eval_examples(r, task)) for r in study.evaluated_runs(cfg, task)]

@@ -287,3 +287,18 @@ def test_missing_fields_and_unknown_labels_name_the_shard_and_sample(dense_shard
         detection.decode_detection({"__key__": "c3", "png": image, "json": json.dumps(doc).encode()}, cat_to_label)
     with pytest.raises(ValueError, match="'lsj' or 'resize'"):
         detection.DetAugment(mode="fixed")
+
+
+def test_a_zero_area_box_in_an_older_shard_is_left_out_of_the_targets(dense_shards):
+    """Shards written before issue 20 may still hold a zero-area box; the training decode drops it
+    (its polygon here has area: only the box says it is degenerate, as torchvision's references judge)."""
+    cat_to_label = detection.category_to_label(read_manifest(dense_shards["coco"]["val"]))
+    image = _png(np.zeros((8, 8, 3), np.uint8))
+    square = [[1, 1, 6, 1, 6, 6, 1, 6]]
+    anns = [{"id": 1, "category_id": 1, "iscrowd": 0, "bbox": [1, 1, 5, 5], "segmentation": square},
+            {"id": 2, "category_id": 1, "iscrowd": 0, "bbox": [1, 1, 0, 5], "segmentation": square},
+            {"id": 3, "category_id": 1, "iscrowd": 0, "bbox": [9, 1, 3, 3], "segmentation": square}]
+    doc = {"image": {"id": 3, "height": 8, "width": 8, "file_name": "a.jpg"}, "annotations": anns}
+    decoded = detection.decode_detection({"__key__": "z", "png": image, "json": json.dumps(doc).encode()},
+                                         cat_to_label)
+    assert len(decoded["labels"]) == 1 and decoded["masks"].shape == (1, 8, 8)

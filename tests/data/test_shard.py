@@ -20,7 +20,7 @@ from cmim.data.shard_writer import ShardWriter
 
 MANIFEST_KEYS = {"dataset", "split", "format", "source_root", "source_split", "seed", "max_samples",
                  "resize_short_side", "num_samples", "fields", "shards", "classes", "skipped", "converted",
-                 "resized", "image_size_stats", "empty_classes", "dropped_annotations"}
+                 "resized", "image_size_stats", "empty_classes", "dropped_annotations", "degenerate_boxes"}
 
 
 def run(root, out, fmt="imagefolder", split="train", source_split="train", **kw):
@@ -386,3 +386,47 @@ def test_empty_val_split_fails_naming_the_folder(tmp_path):
         p.unlink()
     with pytest.raises(ShardingError, match=r"no samples found in .*images/validation"):
         run(tmp_path / "ade", tmp_path / "out", fmt="ade20k", split="val", source_split="validation")
+
+
+def test_zero_area_coco_boxes_leave_their_image_targets_and_are_listed(tmp_path):
+    """A bbox of [10, 10, 0, 20] was sharded without a word (issue 20). Zero width, zero height and a box
+    outside its 20 x 16 image are left out of the stored image's annotations and listed under
+    degenerate_boxes; a box below 1 px (0.5 x 0.5) is kept, as detectron2 and torchvision keep it;
+    the images stay (none is skipped)."""
+    doc = make_coco(tmp_path / "coco")
+    doc["annotations"] += [
+        {"id": 30, "image_id": 7, "category_id": 1, "bbox": [10, 10, 0, 20], "iscrowd": 0, "segmentation": []},
+        {"id": 31, "image_id": 7, "category_id": 3, "bbox": [2, 3, 5, 0], "iscrowd": 0, "segmentation": []},
+        {"id": 32, "image_id": 42, "category_id": 3, "bbox": [25, 2, 5, 5], "iscrowd": 0, "segmentation": []},
+        {"id": 33, "image_id": 42, "category_id": 3, "bbox": [4, 4, 0.5, 0.5], "iscrowd": 0,
+         "segmentation": [[4, 4, 4.5, 4, 4.5, 4.5]]},
+    ]
+    write(tmp_path / "coco" / "annotations" / "instances_val2017.json", json.dumps(doc).encode())
+    lines = []
+    m = run(tmp_path / "coco", tmp_path / "out", fmt="coco", split="val", source_split="val2017", log=lines.append)
+    js = "annotations/instances_val2017.json"
+    got = {d["source"]: d["reason"] for d in m["degenerate_boxes"]}
+    assert list(got) == [f"{js}:annotations[3]", f"{js}:annotations[4]", f"{js}:annotations[5]"]
+    assert "annotation id 30 of image id 7: bbox [10, 10, 0, 20] has no area inside the 20x16 image" in \
+        got[f"{js}:annotations[3]"]
+    assert m["skipped"] == [] and m["dropped_annotations"] == [] and m["num_samples"] == 3
+    stored = {d["image"]["id"]: sorted(a["id"] for a in d["annotations"])
+              for d in (json.loads(s["json"]) for s in read_back(tmp_path / "out", m))}
+    assert stored == {42: [2, 5, 33], 7: [], 139: [9]}
+    assert any("3 annotation(s) have a box of zero area" in line for line in lines), lines
+    assert M.read_manifest(tmp_path / "out" / "manifest.json")["degenerate_boxes"] == m["degenerate_boxes"]
+
+
+def test_a_decompression_bomb_is_skipped_and_a_16_bit_grey_png_converted(tmp_path):
+    """From the hostile-input sweep (tests/faults/README.md, cases 30 and 32): a 400-megapixel PNG of a
+    few kB is skipped with PIL's reason instead of being decoded; a 16-bit grey PNG is converted to RGB."""
+    make_imagefolder(tmp_path / "src", n_per_class=2)
+    Image.new("1", (20000, 20000)).save(tmp_path / "src" / "train" / "cat" / "bomb.png")
+    Image.fromarray(np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60).save(
+        tmp_path / "src" / "train" / "dog" / "grey16.png")
+    m = run(tmp_path / "src", tmp_path / "out", max_bad_fraction=0.5)
+    skipped = {s["source"]: s["reason"] for s in m["skipped"]}
+    assert "DecompressionBombError" in skipped["train/cat/bomb.png"]
+    converted = {s["source"]: s["reason"] for s in m["converted"]}
+    assert "mode I;16: converted to RGB" in converted["train/dog/grey16.png"]
+    assert m["num_samples"] == 5

@@ -166,3 +166,69 @@ def test_bad_inputs_are_named(tmp_path):
     with pytest.raises(ValueError, match="not an instances file"):
         load_ground_truth({"images": []})
     assert gather_results([{"a": 1}]) == [{"a": 1}]       # not distributed: unchanged
+
+
+# ----------------------------------------------------------------------------- ground truth no detection can match
+
+
+def _degenerate(path, boxes=(), masks=()) -> dict:
+    """The demo json with the annotations `boxes` given a zero-width box and `masks` a zero-area polygon."""
+    gt = json.loads(path.read_text())
+    for ann in gt["annotations"]:
+        if ann["id"] in boxes:
+            ann["bbox"] = [ann["bbox"][0], ann["bbox"][1], 0.0, ann["bbox"][3]]
+        if ann["id"] in masks:
+            x, y = ann["bbox"][:2]
+            ann["segmentation"] = [[x, y, x, y + 5, x, y + 9]]          # a line: no pixel
+    return gt
+
+
+def _fed_back_without(ev: COCOEvaluator, leave_out: set[int]) -> list[dict]:
+    """The best any detector can do: every annotation but `leave_out` fed back at score 1."""
+    outputs, ids = _outputs_from_gt(ev)
+    results = ev.to_coco_results(outputs, ids)
+    gt_ids = [a["id"] for i in ids for a in ev.gt.imgToAnns[i] if not a["iscrowd"]]
+    assert len(gt_ids) == len(results)
+    return [r for r, a in zip(results, gt_ids) if a not in leave_out]
+
+
+def test_a_zero_area_box_caps_box_ap_at_the_ceiling_pycocotools_reaches(demo_coco_gt):
+    """Issue 20: a zero-width box cannot be matched by anything, so AP stays below 100 for every detector.
+    ap_ceiling's closed form equals what COCOeval gives a perfect detector, for boxes and masks, and the
+    warning names the ids."""
+    from cmim.evals.coco_eval import ap_ceiling, ground_truth_warnings, unmatchable_annotations
+
+    clean = COCOEvaluator(demo_coco_gt)
+    assert unmatchable_annotations(clean.gt) == {"bbox": [], "segm": []}
+    assert ground_truth_warnings(clean.gt) == ([], {})
+    first = [a["id"] for a in clean.gt.dataset["annotations"] if not a["iscrowd"]]
+    boxes, masks = first[:2], first[2:3]
+    ev = COCOEvaluator(_degenerate(demo_coco_gt, boxes=boxes, masks=masks))
+    assert unmatchable_annotations(ev.gt) == {"bbox": sorted(boxes), "segm": sorted(masks)}
+    scores = {**ev.evaluate(_fed_back_without(ev, set(boxes)), iou_types=("bbox",)),
+              **ev.evaluate(_fed_back_without(ev, set(masks)), iou_types=("segm",))}
+    assert scores["bbox_AP"] == pytest.approx(ap_ceiling(ev.gt, boxes), abs=1e-9) and scores["bbox_AP"] < 99
+    assert scores["segm_AP"] == pytest.approx(ap_ceiling(ev.gt, masks), abs=1e-9) and scores["segm_AP"] < 100
+    assert scores["bbox_AP50"] == pytest.approx(scores["bbox_AP"], abs=1e-9)        # the same at every IoU
+    lines, data = ground_truth_warnings(ev.gt, where="instances_val2017.json")
+    assert data["bbox"] == {"ids": sorted(boxes), "ap_ceiling": ap_ceiling(ev.gt, boxes)}
+    assert f"annotation ids {', '.join(map(str, sorted(boxes)))})" in lines[0]
+    assert f"bbox AP can reach at most {data['bbox']['ap_ceiling']:.1f}" in lines[0]
+    assert "segm AP can reach at most" in lines[1] and str(masks[0]) in lines[1]
+
+
+def test_the_ceiling_counts_only_the_images_scored_and_never_crowd_regions():
+    from cmim.evals.coco_eval import ap_ceiling, unmatchable_annotations
+
+    gt = _crowd_gt()
+    gt["images"].append({"id": 6, "file_name": "b.jpg", "height": 40, "width": 40})
+    gt["annotations"] += [{"id": 3, "image_id": 6, "category_id": 7, "segmentation": [[1, 1, 9, 1, 9, 9]],
+                           "area": 32.0, "bbox": [1.0, 1.0, 0.0, 8.0], "iscrowd": 0},
+                          {"id": 4, "image_id": 5, "category_id": 30, "segmentation": [[1, 1, 9, 1, 9, 9]],
+                           "area": 32.0, "bbox": [1.0, 1.0, 8.0, 0.0], "iscrowd": 1}]
+    coco = load_ground_truth(gt)
+    assert unmatchable_annotations(coco)["bbox"] == [3]              # 4 is a crowd region: ignored anyway
+    assert unmatchable_annotations(coco, image_ids=[5])["bbox"] == []
+    # category 7: 2 objects, 1 unmatchable -> recall at most 0.5 -> 51 of the 101 thresholds
+    assert ap_ceiling(coco, [3]) == pytest.approx(100 * 51 / 101)
+    assert ap_ceiling(coco, [3], image_ids=[5]) == 100.0

@@ -71,3 +71,20 @@ def test_compute_table(workdir):
     md = Path("results/tables/compute.md").read_text()
     assert "Rendered from git commit" in md and "| torch " in md and "aaaaaaaaaaaa" in md
     assert Path("results/tables/compute.html").read_text().count("<table>") == 3
+
+
+def test_ablation_bars_start_at_zero(workdir, monkeypatch):
+    """ablations-can started its value axis near the smallest bar (about 71%), so a 2-point gap looked
+    like half the scale; every panel now starts at 0 and ends just past the longest bar."""
+    F.write_study(workdir)
+    cfg = F.study_config()
+    figures = []
+    monkeypatch.setattr(paper_figures, "_save", lambda fig, out: figures.append(fig))
+    paper_figures.render(targets.figure_plan(cfg, "ablations-can"), workdir / "a.png")
+    (fig,) = figures
+    drawn = [ax for ax in fig.axes if ax.patches]
+    assert drawn, "no panel with bars"
+    for ax in drawn:
+        lo, hi = ax.get_xlim()
+        longest = max(p.get_width() for p in ax.patches)
+        assert lo == 0.0 and longest < hi <= 1.2 * longest + 1.0, (lo, hi, longest)

@@ -139,3 +139,56 @@ def test_report_opens_in_headless_chromium_without_console_errors(tmp_path):
     assert errors == [], errors
     for shot in shots:       # (left under tmp_path for a look when the test fails)
         _not_blank(shot)
+
+
+NAV_CLICK = "(name => { const a = [...document.querySelectorAll('nav a')].find(e => e.innerText.trim() === name); " \
+            "if (a) a.click(); return !!a })"
+SHOW_RESULT = "(path => { const r = [...document.querySelectorAll('nav tr')].find(tr => tr.cells[0] && " \
+              "tr.cells[0].innerText.trim() === path); const a = r && r.querySelector('a[iconname=eye]'); " \
+              "if (a) a.click(); return !!a })"
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="chromium is not installed (Debian: apt-get install chromium; "
+                                                    "scripts/setup.sh --test does it as root)")
+def test_every_task_table_is_shown_inside_the_report(tmp_path):
+    """The six per-task tables were registered as .md files: clicking one in the report downloaded it, so
+    it was never shown. Their .html is registered now: in headless Chromium, a click on each table's
+    eye button shows it inside the page with every row of its results, and a 2-class kNN's top-5 is
+    `-` with its footnote, never nan."""
+    from cmim import paths
+
+    raw = F.task_study_raw()
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    F.write_task_study(tmp_path)
+    cfg = validate(raw)
+    tasks = ("linear_probe", "knn", "finetune", "partial_finetune", "ade20k", "coco")
+    pages = [str(paths.table(t, "html")) for t in tasks]
+    common = ["--allowed-rules", *F.TASK_TABLE_RULES, "--"]
+    snakemake(tmp_path, *common, *pages, configfiles=[tmp_path / "config.yaml"])
+    snakemake(tmp_path, "--report", "report.html", *common, *pages, configfiles=[tmp_path / "config.yaml"])
+
+    import pandas as pd
+
+    with Browser() as browser:
+        browser.open((tmp_path / "report.html").as_uri())
+        browser.wait_for(NAV_CLICK + "('Results')")
+        browser.wait_for("[...document.querySelectorAll('nav tr')].length > 6")
+        for task, page in zip(tasks, pages):
+            assert browser.evaluate(f"{SHOW_RESULT}('{page}')"), f"no entry for {page} in the report"
+            csv = pd.read_csv(tmp_path / paths.table(task, "csv"))
+            title = (tmp_path / paths.table(task, "md")).read_text().splitlines()[0].removeprefix("# ")
+            text = browser.frame_text(contains=title)
+            shown = [line.split("\t") for line in text.splitlines() if "\t" in line]
+            assert shown[0][:2] == ["run", "method"], text[:300]
+            assert [row[0] for row in shown[1:]] == list(csv["run"]), (page, text[:800])
+            want = "top-1" if "top-1" in csv else ("mIoU" if task == "ade20k" else "bbox_AP")
+            column = shown[0].index(want)
+            assert [float(row[column]) for row in shown[1:]] == pytest.approx(list(csv[want])), page
+            assert "nan" not in text.lower(), page
+            if task == "knn":
+                top5 = shown[0].index("top-5")
+                assert [row[top5] for row in shown[1:4]] == ["-", "-", "-"]
+                assert "top-5 `-`: not reported with fewer than 5 classes" in text
+        errors = browser.errors()
+    assert errors == [], errors
+    assert len(tasks) == len(F.TASK_TABLE_RULES) and set(cfg["evaluations"]) == set(tasks)

@@ -130,3 +130,59 @@ def test_a_gt_json_that_does_not_match_the_val_shards_fails_before_training(dens
     torch.save({"format": "cmim-segmenter-v1", "model": {}}, tmp_path / "seg.pt")
     with pytest.raises(CheckpointError, match=r"seg.pt: not a cmim encoder checkpoint"):
         make_task({**dense_encoder, "checkpoint": tmp_path / "seg.pt"}, dense_shards)
+
+
+def test_ground_truth_fed_back_scores_100_and_a_zero_area_box_is_named_with_its_ceiling(dense_encoder, dense_shards,
+                                                                                         tmp_path, monkeypatch):
+    """Issue 20, end to end through the task's scoring (val shards read, image ids gathered, COCOeval
+    on the json): the detector's output replaced by the ground truth itself scores 100 on the demo
+    val json; on a copy with one zero-width box the job warns as it starts, naming the annotation id
+    and the ceiling, and the same ground truth scores exactly that ceiling: the json is not rewritten."""
+    gt = json.loads(Path(dense_shards["coco_gt"]).read_text())
+    victim = next(a for a in gt["annotations"] if not a["iscrowd"])
+    victim["bbox"][2] = 0.0
+    broken = tmp_path / "instances_val2017.json"
+    broken.write_text(json.dumps(gt))
+
+    def fed_back(task):
+        """to_coco_results that ignores the detector and returns every non-crowd GT object of the images."""
+        ev = task.evaluator
+
+        def results(outputs, image_ids, threshold=0.5):
+            return [{"image_id": int(i), "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0,
+                     "segmentation": ev.gt.annToRLE(a)} for i in image_ids for a in ev.gt.imgToAnns[int(i)]
+                    if not a["iscrowd"]]
+        monkeypatch.setattr(ev, "to_coco_results", results)
+        return task
+
+    clean = fed_back(make_task(dense_encoder, dense_shards))
+    assert clean.start_warnings() == []
+    scores = clean.score(_ctx(clean, tmp_path))
+    assert scores["bbox_AP"] == pytest.approx(100.0) and scores["segm_AP"] == pytest.approx(100.0)
+
+    task = fed_back(make_task(dense_encoder, dense_shards, gt=broken))
+    (warning,) = task.start_warnings()
+    ceiling = task.gt_unmatchable["bbox"]["ap_ceiling"]
+    assert task.gt_unmatchable["bbox"]["ids"] == [victim["id"]] and "segm" not in task.gt_unmatchable
+    assert f"(annotation ids {victim['id']})" in warning and f"at most {ceiling:.1f}" in warning
+    assert str(broken) in warning
+    scores = task.score(_ctx(task, tmp_path))
+    assert scores["segm_AP"] == pytest.approx(100.0)                 # its mask is intact
+    assert scores["bbox_AP"] <= ceiling + 1e-9 and ceiling < 100.0   # the zero-width box is also a false positive
+    assert json.loads(broken.read_text()) == gt                      # never rewritten
+
+
+def test_the_job_logs_and_records_the_unmatchable_ground_truth(dense_encoder, dense_shards, tmp_path, capsys):
+    gt = json.loads(Path(dense_shards["coco_gt"]).read_text())
+    victim = next(a for a in gt["annotations"] if not a["iscrowd"])
+    victim["bbox"][3] = 0.0
+    broken = tmp_path / "instances_val2017.json"
+    broken.write_text(json.dumps(gt))
+    launch_job({**det_job(dense_encoder, dense_shards, tmp_path, iters=1), "gt_json": str(broken)}, tmp_path / "det",
+               LAUNCH, "det", log=print)
+    lines = capsys.readouterr().out.splitlines()
+    logged = [line for line in lines if "warning:" in line]
+    assert len(logged) == 1 and f"(annotation ids {victim['id']})" in logged[0], lines
+    result = json.loads((tmp_path / "coco.json").read_text())
+    assert result["warnings"] == [logged[0].split("warning: ", 1)[1]]
+    assert result["unmatchable_ground_truth"]["bbox"]["ids"] == [victim["id"]]

@@ -188,3 +188,39 @@ def test_a_two_process_ddp_finetune_matches_one_process(encoder_run, fmnist_shar
     assert len(l1) == len(l2) == 6
     assert max(abs(a - b) / a for a, b in zip(l1, l2)) < 0.1, (l1, l2)
     assert abs(one["metrics"]["top1"] - two["metrics"]["top1"]) <= 10.0   # 64 val images: a few flips at most
+
+
+def mae_param_groups_lrd(name: str, param: torch.nn.Parameter, depth: int, weight_decay: float, layer_decay: float,
+                         no_weight_decay: set[str]) -> tuple[float, float]:
+    """MAE's util/lr_decay.py, written out: num_layers = depth + 1; cls_token, pos_embed, patch_embed
+    are layer 0, blocks.i layer i + 1, anything else (norm, fc_norm, head) layer num_layers; the lr
+    scale of layer l is layer_decay ** (num_layers - l); no weight decay on 1-d parameters and the
+    model's no_weight_decay() names."""
+    num_layers = depth + 1
+    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
+        layer = 0
+    elif name.startswith("blocks"):
+        layer = int(name.split(".")[1]) + 1
+    else:
+        layer = num_layers
+    decay = 0.0 if param.ndim == 1 or name in no_weight_decay else weight_decay
+    return layer_decay ** (num_layers - layer), decay
+
+
+@pytest.mark.parametrize("pool,blocks", [("avg", None), ("cls", None), ("cls", 1), ("avg", 0)])
+def test_layer_decay_groups_are_maes_param_groups_lrd(encoder_run, fmnist_shards, pool, blocks):
+    """Every trainable parameter's (lr scale, weight decay) is MAE's, for both pools and for partial
+    finetuning (frozen parameters in no group). Before the fix `pool: cls` gave the final norm 0.5**1."""
+    task = make_task(encoder_run, fmnist_shards, blocks=blocks, pool=pool, layer_decay=0.5, weight_decay=0.05)
+    vit = task.model.vit
+    got = {}
+    names = {id(p): n for n, p in vit.named_parameters()}
+    for group in task.parameter_groups():
+        for p in group["params"]:
+            assert id(p) not in got, names[id(p)]
+            got[id(p)] = (group["lr_scale"], group["weight_decay"])
+    want = {id(p): mae_param_groups_lrd(n, p, len(vit.blocks), 0.05, 0.5, vit.no_weight_decay())
+            for n, p in vit.named_parameters() if p.requires_grad}
+    assert {names[i]: v for i, v in got.items()} == {names[i]: v for i, v in want.items()}
+    if pool == "cls":
+        assert got[id(vit.norm.weight)] == (1.0, 0.0)      # the head side, as in MAE

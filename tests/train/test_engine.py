@@ -152,3 +152,28 @@ def test_local_ddp_two_processes_match_one_process(tmp_path, fmnist_shards):
     assert l1[-1] < l1[0] and l2[-1] < l2[0]
     rel = [abs(a - b) / a for a, b in zip(l1, l2)]
     assert max(rel) < 0.1, f"loss trajectories differ by up to {max(rel):.1%}: {l1} vs {l2}"
+
+
+def test_resume_log_counts_epochs_as_the_progress_lines_do(tmp_path, fmnist_shards):
+    """A 2-epoch run resumed from its last state said "(step 12, epoch 3)": the state holds the next
+    epoch (0-based). It says where the run stands in the progress lines' terms."""
+    run = tiny_run("mae", checkpoint_every_steps=100)     # 6 steps/epoch x 2 epochs; states at the epoch ends
+    files = RunFiles(tmp_path / "twice")
+    env = distributed.setup(use_cuda=False)
+    pretrainer(run, fmnist_shards["train"], files, env, log=lambda m: None).fit()
+    lines: list[str] = []
+    pretrainer(run, fmnist_shards["train"], files, env, log=lines.append).fit()
+    resumed = [line for line in lines if "resuming from" in line]
+    assert len(resumed) == 1 and resumed[0].endswith("step-000000012.pt (step 12, end of epoch 2/2)"), resumed
+    assert not any("epoch 3" in line for line in lines), lines
+
+
+def test_resume_position_mid_epoch():
+    from cmim.train.engine import resume_position
+    from cmim.train.task import Plan
+
+    plan = Plan(samples_per_epoch=384, steps_per_epoch=6, epochs=2, total_steps=12, warmup_steps=3, micro_batch=64,
+                peak_lr=1e-3)
+    assert resume_position({"step": 8, "epoch": 1, "step_in_epoch": 2}, plan) == \
+        "step 8, epoch 2/2, 2 of its 6 steps done"
+    assert resume_position({"step": 6, "epoch": 1, "step_in_epoch": 0}, plan) == "step 6, end of epoch 1/2"

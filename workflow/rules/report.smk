@@ -1,4 +1,5 @@
-# Report: every table and figure, each from one rule and one caption.
+# Report: every table and figure, each from one rule and one caption. A task table's .html is what
+# the report shows (a registered .md would only be offered as a download); .md and .csv sit beside it.
 
 
 localrules:
@@ -17,22 +18,25 @@ rule probe_table:
     input:
         W.probe_results(CFG),
     output:
-        md=report(str(P.table("linear_probe", "md")), caption="../report/linear_probe.rst", category="Tables"),
+        md=str(P.table("linear_probe", "md")),
         csv=str(P.table("linear_probe", "csv")),
+        html=report(str(P.table("linear_probe", "html")), caption="../report/linear_probe.rst", category="Tables"),
     log:
         str(P.log("report", "linear_probe")),
     conda:
         "../../envs/cmim.yaml"
     shell:
-        "python -m cmim report probe-table --inputs {input} --out {output.md} --out-csv {output.csv} > {log} 2>&1"
+        "python -m cmim report probe-table --inputs {input} --out {output.md} --out-csv {output.csv} "
+        "--out-html {output.html} > {log} 2>&1"
 
 
 rule knn_table:
     input:
         W.task_results(CFG, "knn") if "knn" in CFG["evaluations"] else [],
     output:
-        md=report(str(P.table("knn", "md")), caption="../report/knn.rst", category="Tables"),
+        md=str(P.table("knn", "md")),
         csv=str(P.table("knn", "csv")),
+        html=report(str(P.table("knn", "html")), caption="../report/knn.rst", category="Tables"),
     params:
         task="knn",
     log:
@@ -41,15 +45,16 @@ rule knn_table:
         "../../envs/cmim.yaml"
     shell:
         "python -m cmim report eval-table --task {params.task} --inputs {input} --out {output.md} "
-        "--out-csv {output.csv} > {log} 2>&1"
+        "--out-csv {output.csv} --out-html {output.html} > {log} 2>&1"
 
 
 use rule knn_table as finetune_table with:
     input:
         W.task_results(CFG, "finetune") if "finetune" in CFG["evaluations"] else [],
     output:
-        md=report(str(P.table("finetune", "md")), caption="../report/finetune.rst", category="Tables"),
+        md=str(P.table("finetune", "md")),
         csv=str(P.table("finetune", "csv")),
+        html=report(str(P.table("finetune", "html")), caption="../report/finetune.rst", category="Tables"),
     params:
         task="finetune",
     log:
@@ -60,8 +65,9 @@ use rule knn_table as partial_finetune_table with:
     input:
         W.task_results(CFG, "partial_finetune") if "partial_finetune" in CFG["evaluations"] else [],
     output:
-        md=report(str(P.table("partial_finetune", "md")), caption="../report/partial_finetune.rst", category="Tables"),
+        md=str(P.table("partial_finetune", "md")),
         csv=str(P.table("partial_finetune", "csv")),
+        html=report(str(P.table("partial_finetune", "html")), caption="../report/partial_finetune.rst", category="Tables"),
     params:
         task="partial_finetune",
     log:
@@ -72,8 +78,9 @@ use rule knn_table as ade20k_table with:
     input:
         W.task_results(CFG, "ade20k") if "ade20k" in CFG["evaluations"] else [],
     output:
-        md=report(str(P.table("ade20k", "md")), caption="../report/ade20k.rst", category="Tables"),
+        md=str(P.table("ade20k", "md")),
         csv=str(P.table("ade20k", "csv")),
+        html=report(str(P.table("ade20k", "html")), caption="../report/ade20k.rst", category="Tables"),
     params:
         task="ade20k",
     log:
@@ -84,8 +91,9 @@ use rule knn_table as coco_table with:
     input:
         W.task_results(CFG, "coco") if "coco" in CFG["evaluations"] else [],
     output:
-        md=report(str(P.table("coco", "md")), caption="../report/coco.rst", category="Tables"),
+        md=str(P.table("coco", "md")),
         csv=str(P.table("coco", "csv")),
+        html=report(str(P.table("coco", "html")), caption="../report/coco.rst", category="Tables"),
     params:
         task="coco",
     log:

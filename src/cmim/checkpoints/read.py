@@ -19,6 +19,7 @@ class-level functions that way); allowing getattr would let a file call any func
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,8 +60,8 @@ def _torch(path: Path, allow: tuple) -> Source:
         if refused.startswith("mmengine.") or refused in ("getattr", "builtins.getattr"):
             raise _mmengine(path, refused) from None
         raise
-    except (RuntimeError, EOFError, OSError, KeyError) as e:  # not a torch file, or cut short
-        raise CheckpointError(f"{path} cannot be read as a torch file ({type(e).__name__}: {str(e)[:160]}); "
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError) as e:  # not a torch file, cut short
+        raise CheckpointError(f"{path} cannot be read as a torch file ({io.unreadable_reason(e)}); "
                               f"is the download complete?") from None
     return Source(obj, "torch.load(weights_only=True)" + (f" allowing {', '.join(map(qualname, allow))}"
                                                           if allow else ""), [qualname(c) for c in allow])

@@ -39,14 +39,14 @@ class COCOReader(Reader):
                 raise SourceError(f"coco: {path} not found (layout <root>/<split>/ + "
                                   f"<root>/annotations/instances_<split>.json, split {split!r})")
         self._data: dict | None = None
-        self._index: tuple[list[Record | Skip], list[Skip]] | None = None
+        self._index: tuple[list[Record | Skip], list[Skip], list[Skip]] | None = None
 
     def _load(self) -> dict:
         if self._data is None:
             self._data = load_coco(self.annotation_file)
         return self._data
 
-    def _listing(self) -> tuple[list[Record | Skip], list[Skip]]:
+    def _listing(self) -> tuple[list[Record | Skip], list[Skip], list[Skip]]:
         if self._index is None:
             where = f"annotations/{self.annotation_file.name}"
             self._index = _COCOIndex(self._load(), self.split, where).listing()
@@ -60,6 +60,9 @@ class COCOReader(Reader):
 
     def dropped(self):
         return list(self._listing()[1])
+
+    def degenerate_boxes(self):
+        return list(self._listing()[2])
 
 
 def load_coco(path: Path) -> dict:
@@ -121,10 +124,12 @@ class _COCOIndex:
         self.split, self.where = split, where
         self.categories = {c["id"] for c in data["categories"]}
         self.images, self.unnamed = self._images(data["images"])
+        self.degenerate: list[Skip] = []
         self.orphans = self._attach(data.get("annotations", []))
 
-    def listing(self) -> tuple[list[Record | Skip], list[Skip]]:
-        """(Records of the good images and Skips of the bad, sorted by source; dropped annotations)."""
+    def listing(self) -> tuple[list[Record | Skip], list[Skip], list[Skip]]:
+        """(Records of the good images and Skips of the bad, sorted by source; annotations of no image;
+        annotations left out of their image for a zero-area box)."""
         keys, out = SampleKeys(), list(self.unnamed)
         for im in sorted(self.images, key=lambda im: (im.source, im.index)):
             if im.problems:
@@ -136,7 +141,7 @@ class _COCOIndex:
             out.append(Record(keys(path_stem(im.record["file_name"])), im.source, json=blob,
                               expect_size=(im.record["width"], im.record["height"]),
                               ref=f"image id {im.record['id']} in {self.where}"))
-        return out, self.orphans
+        return out, self.orphans, self.degenerate
 
     def _images(self, entries: list) -> tuple[list[_COCOImage], list[Skip]]:
         images, unnamed = [], []
@@ -185,8 +190,15 @@ class _COCOIndex:
                 orphans.append(Skip(here, f"{label}: image_id {image_id!r} is not in images"))
                 continue
             problems = _annotation_problems(ann, self.categories)
+            empty = not problems and any(zero_area_box(ann["bbox"], im.record) for im in by_id[image_id])
+            if empty:
+                im = by_id[image_id][0]
+                self.degenerate.append(Skip(here, f"{label} of image id {image_id}: bbox {ann['bbox']} has no area "
+                                                  f"inside the {im.record['width']}x{im.record['height']} image; "
+                                                  f"left out of the image's targets, the image is kept"))
             for im in by_id[image_id]:
-                im.annotations.append(ann)
+                if not empty:
+                    im.annotations.append(ann)
                 im.problems += [f"{label}: {p}" for p in problems]
             if _is_int(ann.get("id")):
                 holders.setdefault(ann["id"], []).extend(by_id[image_id])
@@ -207,6 +219,21 @@ def _image_problems(im: dict) -> list[str]:
     if Path(im["file_name"]).is_absolute() or ".." in Path(im["file_name"]).parts:
         out.append(f"file_name {im['file_name']!r} is not a path inside the split folder")
     return out
+
+
+def zero_area_box(bbox: list, image: dict) -> bool:
+    """A COCO [x, y, w, h] box with no area once clipped to its image (w <= 0, h <= 0, or outside it).
+
+    Such a box is left out of the training targets, as detectron2 (`filter_empty_instances`: boxes
+    clipped to the image, kept if wider and taller than 1e-5 px) and torchvision's detection
+    references (`ConvertCocoPolysToMask`: clamped to the image, kept if x2 > x1 and y2 > y1) do; a
+    box below 1 px but above 0 is kept, as both keep it (pycocotools can match it). An image record
+    without a usable width/height is skipped for that reason, so it is never asked here."""
+    w, h = image.get("width"), image.get("height")
+    if not (_is_int(w) and _is_int(h)):
+        return False
+    x0, y0, bw, bh = bbox
+    return min(x0 + bw, w) - max(x0, 0) <= 0 or min(y0 + bh, h) - max(y0, 0) <= 0
 
 
 def _annotation_problems(ann: dict, categories: set[int]) -> list[str]:

@@ -9,10 +9,13 @@ per side (detectron2's FixedSizeCrop with pad=False), then (option, default on) 
 `image_size` square bottom/right with the mean colour, which is ~0 after normalisation like
 ViTDet's square_pad. The alternative `mode="resize"` fits the image into the square (detectron2's
 ResizeShortestEdge(size, max_size=size)) with no jitter. Crowd annotations (iscrowd=1) are left
-out of training targets (they only matter for scoring). Masks are decoded with pycocotools at the
-original size and resized with the image (bilinear with antialiasing, threshold 0.5); boxes are
-the tight boxes of the transformed masks (detectron2 recomputes boxes after an LSJ crop too), and
-instances whose mask vanished are dropped. Images without instances are kept.
+out of training targets (they only matter for scoring), and so is an annotation whose box has no
+area in the image (`coco_source.zero_area_box`: shards written by cmim no longer hold one; the
+manifest lists them under degenerate_boxes; the check here keeps older shards honest). Masks are
+decoded with pycocotools at the original size and resized with the image (bilinear with
+antialiasing, threshold 0.5); boxes are the tight boxes of the transformed masks (detectron2
+recomputes boxes after an LSJ crop too), and instances whose mask vanished are dropped. Images
+without instances are kept.
 Detection eval: the original image and its COCO image id; the model's transform resizes it.
 """
 
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 import webdataset as wds
 from pycocotools import mask as mask_utils
 
+from cmim.data.coco_source import zero_area_box
 from cmim.data.dense_streams import eval_pass, sample_field, stream_rng, train_stream, where_of
 from cmim.data.loader import decode_image
 from cmim.data.manifest import read_manifest, read_shards
@@ -78,6 +82,8 @@ def decode_detection(sample: dict, cat_to_label: dict[int, int], *, keep_crowd: 
     labels, masks, crowd = [], [], []
     for ann in anns:
         if ann.get("iscrowd", 0) and not keep_crowd:
+            continue
+        if isinstance(ann.get("bbox"), list) and len(ann["bbox"]) == 4 and zero_area_box(ann["bbox"], info):
             continue
         cid = ann.get("category_id")
         if cid not in cat_to_label:

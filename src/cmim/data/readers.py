@@ -78,6 +78,10 @@ class Reader(abc.ABC):
         """Annotations that belong to no sample of the split (listed, not stored; see the module docstring)."""
         return []
 
+    def degenerate_boxes(self) -> list[Skip]:
+        """Annotations left out of their sample because their box has no area (COCO; cmim.data.sources)."""
+        return []
+
     def build_kwargs(self) -> dict:
         """build_sample's keyword arguments for this split (picklable: worker processes get them)."""
         return {"root": self.root, "resize_short_side": self.resize_short_side}

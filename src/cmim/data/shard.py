@@ -55,8 +55,10 @@ def shard_split(fmt: str, root: str | Path | None, dataset: str, split: str, sou
       classes [{id, name, ...}], skipped [{source, reason}], converted [{source, reason}],
       resized (count), image_size_stats {width, height: {min, max, mean}} of the stored images,
       empty_classes [{id, name}] (classes without a stored sample: `cls` datasets only),
-      dropped_annotations [{source, reason}] (annotations of no image; sources.py's docstring).
-    Sources in `skipped` / `converted` / `dropped_annotations` are relative to source_root.
+      dropped_annotations [{source, reason}] (annotations of no image; sources.py's docstring),
+      degenerate_boxes [{source, reason}] (COCO annotations left out of their image: a zero-area box).
+    Sources in `skipped` / `converted` / `dropped_annotations` / `degenerate_boxes` are relative to
+    source_root.
 
     Every record is checked before the split fails on max_bad_fraction (shards stop being written
     once it is passed), so the error and out_dir/bad_files.json list every bad file.
@@ -96,6 +98,7 @@ def shard_split(fmt: str, root: str | Path | None, dataset: str, split: str, sou
                 "skipped": bad.listing(), "converted": stats.converted_listing(), "resized": stats.resized,
                 "image_size_stats": stats.image_size_stats(), "empty_classes": stats.empty(classes),
                 "dropped_annotations": bad.dropped_listing(),
+                "degenerate_boxes": [{"source": d.source, "reason": d.reason} for d in reader.degenerate_boxes()],
             }
             io.write_json(staging / MANIFEST, manifest)
         except BaseException:
@@ -342,10 +345,13 @@ def _log_summary(log: Callable[[str], None], name: str, m: dict, elapsed: float)
     if m["dropped_annotations"]:
         log(f"[shard] {name}: WARNING: {len(m['dropped_annotations'])} annotation(s) belong to no image and were "
             f"dropped (listed in the manifest's dropped_annotations)")
+    if m["degenerate_boxes"]:
+        log(f"[shard] {name}: WARNING: {len(m['degenerate_boxes'])} annotation(s) have a box of zero area and were "
+            f"left out of their images' targets (listed in the manifest's degenerate_boxes)")
     log(f"[shard] {name}: done, {m['num_samples']} samples in {len(m['shards'])} shard(s), "
         f"{size / 1e6:.1f} MB, {elapsed:.1f}s ({rate:.0f} samples/s); {len(m['skipped'])} skipped, "
         f"{len(m['converted'])} converted, {m['resized']} resized")
-    for what in ("skipped", "converted", "dropped_annotations"):
+    for what in ("skipped", "converted", "dropped_annotations", "degenerate_boxes"):
         for entry in m[what][:_SHOW]:
             log(f"[shard]   {what} {entry['source']}: {entry['reason']}")
         if len(m[what]) > _SHOW:

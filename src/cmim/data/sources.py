@@ -25,6 +25,12 @@ Annotation consistency (COCO json, ADE20K PNGs), checked when a split is listed 
   never fails the split): what belongs to no image we store. A COCO annotation without image_id or
   with an image_id that no image record has, an ADE20K annotation PNG without its image. These change
   no stored sample, and a json whose image list was cut on purpose (a mini-val) has many of them.
+- the annotation is left out of its image (`Reader.degenerate_boxes()`: listed in the manifest's
+  `degenerate_boxes`, the image is stored without it): a COCO bbox with no area inside its image
+  (w or h <= 0, or outside the image; `coco_source.zero_area_box`), as detectron2 and torchvision's
+  references drop such boxes from training targets. No detector can predict it and pycocotools can
+  never match it. In the val split the official ground truth json is scored as it is; the detection
+  job warns about such boxes there (cmim.evals.coco_eval.unmatchable_annotations).
 """
 
 from __future__ import annotations

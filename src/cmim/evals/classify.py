@@ -2,8 +2,10 @@
 
 Why one place: the probe, kNN and finetuning must score the same way. Top-k is reported for each
 k <= the number of classes (a 3-class dataset has top-1 only, a binary one too: top-5 would be 100%
-by construction and is not reported). Under DDP, batch b of the val pass is scored by rank
-b mod world_size and the hit counts are summed, so every sample counts exactly once.
+by construction and is not reported). A class scored -inf is never a hit, wherever `topk`'s tie
+order puts it (kNN scores a class no neighbour voted for so: cmim.evals.knn). Under DDP, batch b of
+the val pass is scored by rank b mod world_size and the hit counts are summed, so every sample
+counts exactly once.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ def valid_ks(num_classes: int, ks=TOP_K) -> tuple[int, ...]:
 
 @torch.no_grad()
 def topk_hits(logits: torch.Tensor, labels: torch.Tensor, ks=TOP_K) -> dict[int, int]:
-    """Number of samples whose label is among the k highest scores, for each valid k."""
+    """Number of samples whose label is among the k highest scores, for each valid k (a -inf score is
+    never a hit)."""
     ks = valid_ks(logits.shape[1], ks)
-    top = logits.topk(max(ks), dim=1).indices
-    hits = top == labels[:, None].to(top.device)
+    top = logits.topk(max(ks), dim=1)
+    hits = (top.indices == labels[:, None].to(top.indices.device)) & (top.values > float("-inf"))
     return {k: int(hits[:, :k].any(dim=1).sum()) for k in ks}
 
 

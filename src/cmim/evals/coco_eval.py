@@ -17,7 +17,12 @@ Conventions handled here:
 - COCO writes -1 for an undefined number (e.g. APs when the split has no small objects): it is
   reported as None, never as -100;
 - pycocotools 2.0.9/2.0.10 needed an `info` key in the GT (2.0.11 does not): one is added when
-  missing. `summarize()` prints; its text is captured and returned under "summary".
+  missing. `summarize()` prints; its text is captured and returned under "summary";
+- ground truth no detection can match: a non-crowd box with w or h <= 0 has IoU 0 with anything
+  (pycocotools' bbox IoU), a non-crowd object whose segmentation decodes to no pixel likewise for
+  masks. Each stays in the ground truth as a missed object, capping recall and so AP below 100 for
+  every detector. `unmatchable_annotations` finds them and `ap_ceiling` gives the cap; the
+  official json is scored as it is, never rewritten (`ground_truth_warnings` says what it costs).
 """
 
 from __future__ import annotations
@@ -170,6 +175,60 @@ class COCOEvaluator:
                          copy.deepcopy(self.gt.dataset["categories"]), "annotations": [], "info": {}}
         _quiet(empty.createIndex)
         return empty
+
+
+def unmatchable_annotations(gt: COCO, image_ids=None) -> dict[str, list[int]]:
+    """{"bbox": ids, "segm": ids} of the non-crowd annotations of `image_ids` (None: all) that no
+    detection can match: a box with w or h <= 0; a segmentation of zero pixels (the module docstring)."""
+    images = set(gt.getImgIds()) if image_ids is None else {int(i) for i in image_ids}
+    out: dict[str, list[int]] = {"bbox": [], "segm": []}
+    for ann in gt.dataset["annotations"]:
+        if ann.get("iscrowd", 0) or ann["image_id"] not in images:
+            continue
+        box = ann.get("bbox")
+        if isinstance(box, list) and len(box) == 4 and (box[2] <= 0 or box[3] <= 0):
+            out["bbox"].append(ann["id"])
+        if "segmentation" in ann and int(mask_utils.area(gt.annToRLE(ann))) == 0:
+            out["segm"].append(ann["id"])
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def ap_ceiling(gt: COCO, unmatchable: list[int], image_ids=None) -> float:
+    """The highest AP (%) any detector can score on `image_ids` when the annotations `unmatchable` can
+    never be matched: a perfect detector finds every other non-crowd object at precision 1, so in
+    each category with n objects, d of them unmatchable, recall stops at (n - d) / n and AP is the
+    share of COCO's 101 recall thresholds at or below it; the same at every IoU threshold; the mean
+    over the categories with objects, as COCOeval averages. (At most: images with more than 100
+    objects cap it further.)"""
+    images = set(gt.getImgIds()) if image_ids is None else {int(i) for i in image_ids}
+    bad = set(unmatchable)
+    counts: dict[int, list[int]] = {}
+    for ann in gt.dataset["annotations"]:
+        if not ann.get("iscrowd", 0) and ann["image_id"] in images:
+            n_d = counts.setdefault(ann["category_id"], [0, 0])
+            n_d[0] += 1
+            n_d[1] += ann["id"] in bad
+    thresholds = np.linspace(0.0, 1.0, 101)        # COCOeval's params.recThrs
+    per_class = [np.count_nonzero(thresholds <= np.float64(n - d) / n) / len(thresholds) for n, d in counts.values()]
+    return 100.0 * float(np.mean(per_class)) if per_class else 100.0
+
+
+def ground_truth_warnings(gt: COCO, image_ids=None, where: str = "the ground truth") -> tuple[list[str], dict]:
+    """Lines saying which annotations of `where` no detection can match and the AP they cap each
+    scorer at, and the same as data ({"bbox": {"ids", "ap_ceiling"}, ...}); ([], {}) when none."""
+    found = unmatchable_annotations(gt, image_ids)
+    lines, data = [], {}
+    for iou_type, what in (("bbox", "a box with width or height <= 0"), ("segm", "a segmentation of zero pixels")):
+        ids = found[iou_type]
+        if not ids:
+            continue
+        ceiling = ap_ceiling(gt, ids, image_ids)
+        data[iou_type] = {"ids": ids, "ap_ceiling": ceiling}
+        shown = ", ".join(map(str, ids[:20])) + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
+        lines.append(f"{where}: {len(ids)} annotation(s) have {what}, which no detection can match (annotation "
+                     f"ids {shown}); they are scored as missed, so {iou_type} AP can reach at most {ceiling:.1f} "
+                     f"here. The official file is scored as it is; fix it at its source if it is yours")
+    return lines, data
 
 
 def _percent(v: float) -> float | None:

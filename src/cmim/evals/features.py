@@ -91,10 +91,17 @@ def load_features(path) -> dict:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"features file {path} not found; run its features rule first (snakemake {path})")
+    from cmim import io
+    from cmim.errors import UnsafeFile
+
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = io.torch_load(path, what="features file", advice=(
+            "cmim's features files hold only tensors and plain data, so this one was not written by cmim: "
+            f"delete it and re-run its features rule (snakemake --force {path})"))
+    except UnsafeFile:
+        raise
     except Exception as e:
-        raise ValueError(f"{path} cannot be read ({type(e).__name__}); re-run its features rule "
+        raise ValueError(f"{path} cannot be read ({io.unreadable_reason(e)}); re-run its features rule "
                          f"(snakemake --force {path})") from None
     if not isinstance(data, dict) or data.get("format") != FEATURES_FORMAT:
         raise ValueError(f"{path}: not a cmim features file; re-run its features rule")

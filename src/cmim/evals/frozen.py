@@ -108,7 +108,8 @@ def linear_probe(run: dict, opts: ProbeOptions, data: dict, task: str, out: Path
         dataset={"name": data["dataset"], "train_samples": found["train_samples"],
                  "val_samples": found["val_samples"], "num_classes": len(classes)},
         wall_time_s=time.perf_counter() - started, feature=feature, history=found["history"],
-        feature_dim=found["feature_dim"], steps=found["steps"], lr=found["lr"], batch_size=found["batch_size"])
+        feature_dim=found["feature_dim"], steps=found["steps"], lr=found["lr"], batch_size=found["batch_size"],
+        warnings=found["warnings"])
     results.write(Path(out), result)
     log(f"[linear probe] {run['run']} {task} ({feature}): top1 {metrics['top1']:.2f}")
     return result

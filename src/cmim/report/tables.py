@@ -1,25 +1,41 @@
-"""Result tables of our runs: one function per table, markdown for reading and CSV for everything else.
+"""Result tables of our runs: one function per table; markdown for reading, HTML for the report,
+CSV for everything else.
 
 These are the per-task tables (every run of a task, baselines included); the paper tables, which put
-our numbers beside the papers', are built from the same result files (cmim.report.paper_tables).
+our numbers beside the papers', are built from the same result files (cmim.report.paper_tables). The
+HTML of both has one page style (`paper_tables.html_page`) and is shown inside the Snakemake report
+(workflow/rules/report.smk registers the .html; a registered .md would only be offered as a download).
+A number a result does not hold prints as `-` with a footnote saying why (top-5 with fewer than 5
+classes: cmim.evals.classify; a COCO number COCOeval leaves undefined); the CSV leaves the cell
+empty. A result's `warnings` (an under-trained probe, ground truth no detector can match) become
+footnotes naming the run.
 """
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import pandas as pd
 
 from cmim import io, study
 from cmim.evals import results
+from cmim.report.paper_tables import html_page, html_table
+
+MISSING = "-"
 
 
 def encoder_label(spec: dict | None) -> str:
-    return study.encoder_label(spec) if spec else "-"
+    return study.encoder_label(spec) if spec else MISSING
 
 
-def _pct(value) -> float:
-    return round(value, 2) if value is not None else float("nan")
+def _pct(value) -> float | None:
+    return round(value, 2) if value is not None else None
+
+
+def _dataset(r: dict) -> dict:
+    d = r["dataset"]
+    return {"train": d["train_samples"], "val": d["val_samples"], "dataset": d["name"], "classes": d.get("num_classes")}
 
 
 def probe_rows(paths: list[Path]) -> pd.DataFrame:
@@ -29,21 +45,14 @@ def probe_rows(paths: list[Path]) -> pd.DataFrame:
         rows.append({"run": r["run"], "method": r["method"], "encoder": encoder_label(r.get("encoder")),
                      "pretrain epochs": r["pretrain_epochs"], "feature": r["feature"],
                      "probe": r["protocol"]["features"], "top-1": _pct(r["metrics"]["top1"]),
-                     "top-5": _pct(r["metrics"].get("top5")), "train": r["dataset"]["train_samples"],
-                     "val": r["dataset"]["val_samples"], "dataset": r["dataset"]["name"]})
+                     "top-5": _pct(r["metrics"].get("top5")), **_dataset(r)})
     return pd.DataFrame(rows)
 
 
-def _write(df: pd.DataFrame, title: str, out_md: Path, out_csv: Path) -> pd.DataFrame:
-    io.write_text(out_csv, df.to_csv(index=False))
-    body = df.to_markdown(index=False) if len(df) else "(no results)"
-    io.write_text(out_md, f"# {title}\n\n{body}\n")
-    return df
-
-
-def probe_table(paths: list[Path], out_md: Path, out_csv: Path) -> pd.DataFrame:
+def probe_table(paths: list[Path], out_md: Path, out_csv: Path, out_html: Path | None = None) -> pd.DataFrame:
     """Linear-probe top-1 of every probed run, baselines included, in config order."""
-    return _write(probe_rows(paths), "Linear probe on frozen features (top-1 / top-5 %, val split)", out_md, out_csv)
+    return _write(probe_rows(paths), "Linear probe on frozen features (top-1 / top-5 %, val split)", paths,
+                  out_md, out_csv, out_html)
 
 
 def eval_rows(task: str, paths: list[Path]) -> pd.DataFrame:
@@ -61,9 +70,7 @@ def eval_rows(task: str, paths: list[Path]) -> pd.DataFrame:
             row.update({k: _pct(m.get(k)) for k in keys})
             if "training" in r:
                 row["img/s"] = round(r["training"]["img_per_s"], 1)
-            row.update({"train": r["dataset"]["train_samples"], "val": r["dataset"]["val_samples"],
-                        "dataset": r["dataset"]["name"]})
-            rows.append(row)
+            rows.append({**row, **_dataset(r)})
             continue
         if task == "knn":
             row.update({"feature": r["feature"], "k": p["k"], "T": p["temperature"]})
@@ -77,9 +84,7 @@ def eval_rows(task: str, paths: list[Path]) -> pd.DataFrame:
             row.update({"best top-1": _pct(r["best"]["top1"]), "best epoch": r["best"]["epoch"]})
         if "training" in r:
             row["img/s"] = round(r["training"]["img_per_s"], 1)
-        row.update({"train": r["dataset"]["train_samples"], "val": r["dataset"]["val_samples"],
-                    "dataset": r["dataset"]["name"]})
-        rows.append(row)
+        rows.append({**row, **_dataset(r)})
     return pd.DataFrame(rows)
 
 
@@ -90,9 +95,48 @@ TITLES = {
     "ade20k": "ADE20K-layout semantic segmentation, UperNet (mIoU / mAcc / aAcc %, val split)",
     "coco": "COCO-layout detection and instance segmentation, Mask R-CNN (box / mask AP %, val split)",
 }
+METRICS = ("top-1", "top-5", "best top-1", "mIoU", "mAcc", "aAcc", "bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP",
+           "segm_AP50", "segm_AP75")
 
 
-def eval_table(task: str, paths: list[Path], out_md: Path, out_csv: Path) -> pd.DataFrame:
+def eval_table(task: str, paths: list[Path], out_md: Path, out_csv: Path, out_html: Path | None = None) -> pd.DataFrame:
     if task not in TITLES:
         raise ValueError(f"no table for task {task!r}; tables: {sorted(TITLES)}")
-    return _write(eval_rows(task, paths), TITLES[task], out_md, out_csv)
+    return _write(eval_rows(task, paths), TITLES[task], paths, out_md, out_csv, out_html)
+
+
+def footnotes(df: pd.DataFrame, paths: list[Path]) -> list[str]:
+    """Why a number is `-`, and every warning the results carry: one line each."""
+    notes = []
+    for column in (c for c in METRICS if c in df and df[c].isna().any()):
+        missing = df[df[column].isna()]
+        if column == "top-5":
+            runs = ", ".join(f"{r} ({n:.0f} classes)" if pd.notna(n) else str(r)
+                             for r, n in zip(missing["run"], missing["classes"]))
+            notes.append(f"top-5 `-`: not reported with fewer than 5 classes, where it would be 100% by "
+                         f"construction ({runs})")
+        else:
+            notes.append(f"{column} `-`: the result holds no value (COCOeval leaves a number undefined when the "
+                         f"val split has no object of that kind) ({', '.join(map(str, missing['run']))})")
+    for path in paths:
+        r = results.read(path)
+        notes += [f"{r['run']} ({r['task']}): warning: {w}" for w in r.get("warnings", [])]
+    return notes
+
+
+def _write(df: pd.DataFrame, title: str, paths: list[Path], out_md: Path, out_csv: Path,
+           out_html: Path | None = None) -> pd.DataFrame:
+    """<table>.csv (empty cells), .md and .html (`-` cells, numbered footnotes below the table)."""
+    notes = footnotes(df, paths) if len(df) else []
+    df = df.drop(columns=["classes"], errors="ignore")
+    io.write_text(out_csv, df.to_csv(index=False))
+    shown = df.astype(object).where(df.notna(), MISSING)
+    body = shown.to_markdown(index=False) if len(df) else "(no results)"
+    listed = "".join(f"\n{i}. {n}" for i, n in enumerate(notes, 1))
+    io.write_text(out_md, f"# {title}\n\n{body}\n" + (f"{listed}\n" if notes else ""))
+    if out_html is not None:
+        sections = [html_table(shown) if len(df) else '<p class="note">(no results)</p>']
+        if notes:
+            sections.append('<ol class="note">' + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ol>")
+        io.write_text(out_html, html_page(title, sections))
+    return df

@@ -27,6 +27,9 @@ Before anything trains, the GT json is checked against the val shards: the same 
 and names) and, for every image the shards hold, an image record of the same id, file name and
 size. Images of the json that the shards do not hold (skipped when sharding: manifest.json lists
 them) and, with max_val_samples, images past the limit are left out of scoring, not counted as missed.
+Ground truth that no detection can match (a zero-area box or mask: cmim.evals.coco_eval) is scored
+as it is, never rewritten: the job warns as it starts, naming the annotation ids and the AP they
+cap, and the result file keeps the same under `warnings` and `unmatchable_ground_truth`.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from torch import nn
 from cmim.data.augment import to_unit
 from cmim.data.detection import DetAugment, detection_eval_samples, detection_image_records, detection_train_loader
 from cmim.evals import dense_examples
-from cmim.evals.coco_eval import COCOEvaluator, gather_results
+from cmim.evals.coco_eval import COCOEvaluator, gather_results, ground_truth_warnings
 from cmim.models.vit import downstream_encoder
 from cmim.models.vitdet import build_mask_rcnn
 from cmim.options import as_dict
@@ -96,6 +99,7 @@ class DetectionTask(TransferTask):
         super().__init__(run, checkpoint_path, train_manifest, val_manifest, opts, data, result_path=result_path,
                          checkpoint_sha256=checkpoint_sha256)
         self._check_ground_truth(self.class_records)
+        self.gt_warnings, self.gt_unmatchable = self._unmatchable(sorted(self.val_records))
         self.examples_path = Path(examples_path) if examples_path else None
         self.classes = [c["name"] for c in self.class_records]          # label k + 1 <-> classes[k]
         torch.manual_seed(opts.seed)  # the same pyramid and heads on every rank
@@ -130,6 +134,12 @@ class DetectionTask(TransferTask):
                                                       f"{changed[:5]})")
             raise ValueError(f"{where} does not match the val shards {self.val_manifest_path}: {what}; pass the "
                              f"instances json of the split the shards were made from (or re-shard the split)")
+
+    def _unmatchable(self, image_ids: list[int]) -> tuple[list[str], dict]:
+        return ground_truth_warnings(self.evaluator.gt, image_ids, where=f"the COCO ground truth {self.gt_json}")
+
+    def start_warnings(self) -> list[str]:
+        return list(self.gt_warnings)
 
     @classmethod
     def job_extras(cls, job: dict) -> dict:
@@ -192,6 +202,8 @@ class DetectionTask(TransferTask):
         finally:
             self.model.train()
         found, ids = gather_results(found), gather_results(ids)
+        if env.is_main and sorted(set(ids)) != sorted(self.val_records):   # max_val_samples: the images scored
+            self.gt_warnings, self.gt_unmatchable = self._unmatchable(sorted(set(ids)))
         metrics = self.evaluator.evaluate(found, image_ids=ids) if env.is_main else None
         metrics = transfer.broadcast_from_main(metrics, env)  # (a module attribute: the tests replace it)
         self.coco_summary = metrics.pop("summary")
@@ -220,6 +232,7 @@ class DetectionTask(TransferTask):
                     "gt_json": str(self.gt_json)}
         self.write_record(summary, final, protocol, dataset={"gt_images": len(self.evaluator.image_ids)},
                           classes=self.classes, detections=detections, coco_summary=self.coco_summary,
+                          warnings=self.gt_warnings, unmatchable_ground_truth=self.gt_unmatchable,
                           examples=str(self.examples_path) if self.examples_path else None)
 
     def write_examples(self, path: Path) -> None:

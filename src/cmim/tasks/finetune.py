@@ -7,7 +7,11 @@ MAE's recipe (METHODS.md 2.2), every value a key of evaluations.finetune / parti
   linearly increasing to `drop_path`; the position embedding trainable (resampled if the image size
   differs from pretraining);
 - AdamW (0.9, 0.999), weight decay 0.05 (none on norms, biases, pos/cls tokens), layer-wise lr decay
-  from timm's `param_groups_layer_decay`, lr = base_lr x batch / 256, warmup + cosine to min_lr;
+  as MAE's `util/lr_decay.py` (`param_groups_lrd`): embeddings layer_decay^(L + 1), block i
+  layer_decay^(L - i), everything after the blocks (the final norm of `pool: cls`, fc_norm of
+  `pool: avg`, the head) 1; built by timm's `param_groups_layer_decay` on `Classifier.group_matcher`
+  (timm's own matcher gives the final norm layer_decay^1); lr = base_lr x batch / 256, warmup +
+  cosine to min_lr;
 - views: RandomResizedCrop (0.08-1, bicubic) + flip + RandAugment in the workers; random erasing
   (pixel mode) and Mixup/CutMix with label smoothing (timm) on the normalised batch, with timm's
   SoftTargetCrossEntropy;
@@ -23,6 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from cmim.data.augment import normalize, to_unit
@@ -41,13 +46,24 @@ from cmim.train.task import Context, layer_decay_groups
 EVAL_BATCH = 256
 
 
+class Classifier(VisionTransformer):
+    """timm's VisionTransformer with MAE's layer-decay groups (the module docstring)."""
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Embeddings, then one group per block; the final norm, fc_norm and the head match nothing and
+        form timm's last group (lr scale 1), as `get_layer_id_for_vit` puts them at num_layers in MAE.
+        timm's own matcher puts `norm` in a group of its own below the head (layer_decay^1)."""
+        return {"stem": r"^cls_token|reg_token|pos_embed|patch_embed|norm_pre",
+                "blocks": [(r"^blocks\.(\d+)", None)]}
+
+
 def build_classifier(encoder: nn.Module, num_classes: int, opts: FinetuneOptions, image_size: int) -> nn.Module:
     """A timm VisionTransformer classifier carrying the pretrained encoder's weights (see module docstring)."""
     from timm.layers import resample_abs_pos_embed
-    from timm.models.vision_transformer import VisionTransformer
 
     patch = encoder.patch_embed.patch_size[0]
-    vit = VisionTransformer(
+    vit = Classifier(
         img_size=image_size, patch_size=patch, embed_dim=encoder.embed_dim, depth=len(encoder.blocks),
         num_heads=encoder.blocks[0].attn.num_heads, mlp_ratio=4.0, qkv_bias=True, num_classes=num_classes,
         class_token=True, global_pool="avg" if opts.pool == "avg" else "token", norm_layer=LayerNorm6,

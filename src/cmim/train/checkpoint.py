@@ -10,6 +10,13 @@ Failure rules (a kill or a full disk can strike inside any write):
   removes the temporary files its killed predecessors left (`remove_stale_temp`);
 - an unreadable state (cut short) is moved to resume/corrupt/ and named in the log, so it is never
   counted as the newest and never makes rotation delete good states;
+- a state is unpickled with weights_only=True (cmim.io.torch_load), allowing exactly what cmim
+  writes into one: tensors, numbers, strings, containers and numpy's RNG state (`RESUME_GLOBALS`).
+  A state that asks for more was not written by cmim (a results folder shared on a cluster lets
+  anyone who can write one file there put it in the next job's way): it is refused with
+  `UnsafeFile` and the job stops, leaving the file where it is. It is not set aside as corrupt and
+  silently skipped: that would let a planted file go unnoticed and drop a user back to an older
+  state without their knowing why;
 - an epoch checkpoint is exported before the resume state of that epoch's end is written, so a
   state at epoch E implies ckpt-E exists (`missing_epoch_exports` checks it on resume).
 """
@@ -18,20 +25,25 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cmim import io
-from cmim.errors import CheckpointError
+from cmim.errors import CheckpointError, UnsafeFile
 from cmim.paths import RunFiles
 from cmim.study import encoder_label
 
 ENCODER_FORMAT = "cmim-encoder-v1"
 KEEP_RESUME = 2
+# What np.random.get_state() (a resume state's rng.numpy: ("MT19937", uint32 [624], int, int, float))
+# pickles as, beyond plain data: numpy's array reconstructor, ndarray, dtype and the uint32 dtype's
+# class. Nothing else.
+_NP_CORE = np._core if hasattr(np, "_core") else np.core
+RESUME_GLOBALS = (_NP_CORE.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32)))
 
 
 def resume_file(resume_dir: Path, step: int) -> Path:
@@ -75,17 +87,18 @@ def _quarantine(path: Path, reason: str, log) -> Path:
 def newest_resume(resume_dir: Path, config_hash: str, log=print) -> tuple[dict | None, Path | None]:
     """The newest loadable state saved under this config, or (None, None) to start fresh.
 
-    Unreadable states are moved to resume/corrupt/ (kept for inspection, out of rotation).
+    Unreadable states are moved to resume/corrupt/ (kept for inspection, out of rotation); a state
+    that asks for more than data (UnsafeFile) stops the job where it lies (the module docstring).
     """
     resume_dir = Path(resume_dir)
     candidates = sorted(resume_dir.glob("step-*.pt"), reverse=True)
     for path in candidates:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            if not isinstance(state, dict) or "step" not in state:
-                raise ValueError("not a cmim resume state")
+            state = read_resume_state(path)
+        except UnsafeFile:
+            raise  # planted, not damaged: stop here (the module docstring)
         except Exception as e:  # cut short by a kill or a full disk: fall back to the previous one
-            _quarantine(path, f"{type(e).__name__}: {e}", log)
+            _quarantine(path, io.unreadable_reason(e), log)
             continue
         if state.get("config_hash") != config_hash:
             stale = resume_dir.with_name(f"{resume_dir.name}.stale-{state.get('config_hash')}")
@@ -97,6 +110,28 @@ def newest_resume(resume_dir: Path, config_hash: str, log=print) -> tuple[dict |
             return None, None
         return state, path
     return None, None
+
+
+def read_resume_state(path: Path) -> dict:
+    """One resume state, unpickled with exactly `RESUME_GLOBALS` allowed (UnsafeFile if it asks for
+    more); ValueError if it loads but is not a cmim state."""
+    advice = (f"cmim's resume states hold only tensors, numbers and numpy's RNG state, so this file was not "
+              f"written by cmim: look at who wrote it, then delete it (training resumes from the state before it) "
+              f"or move {Path(path).parent} aside to start fresh")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head[:1] == b"\x80":   # a pickle stream (PROTO opcode), not the zip archive torch.save writes
+        raise UnsafeFile(f"{path}: refused to load this resume state: it is a raw pickle stream, not the zip archive "
+                         f"torch.save writes (no write of cmim, cut short or not, leaves one; a pickle can run any "
+                         f"code); {advice}")
+    state = io.torch_load(path, allow=RESUME_GLOBALS, what="resume state", advice=advice)
+    if not isinstance(state, dict) or "step" not in state:
+        raise ValueError("not a cmim resume state")
+    rng = state.get("rng", {}).get("numpy") if isinstance(state.get("rng"), dict) else None
+    if rng is not None and not (isinstance(rng, tuple) and len(rng) == 5 and isinstance(rng[1], np.ndarray)
+                                and rng[1].dtype == np.uint32):
+        raise ValueError("its numpy RNG state is not numpy's (MT19937, uint32 keys, ...)")
+    return state
 
 
 def missing_epoch_exports(epochs: list[int], done_epochs: int, path_of) -> list[int]:
@@ -117,14 +152,16 @@ def read_encoder_checkpoint(path: Path) -> dict:
         raise CheckpointError(f"encoder checkpoint {path} not found; run the pretrain step for it first "
                               f"(snakemake {path})")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = io.torch_load(path, what="encoder checkpoint")
+    except UnsafeFile:
+        if not _is_resume_state(path):
+            raise
+        raise CheckpointError(
+            f"{path} is a resume state (model + optimiser + RNG, for continuing training), not an "
+            f"exported encoder; keep it (training resumes from it) and pass the run's checkpoint.pt or "
+            f"epochs/ckpt-E.pt instead") from None
     except Exception as e:
-        if re.fullmatch(r"step-\d+\.pt", path.name) or path.parent.name in ("resume", "corrupt"):
-            raise CheckpointError(
-                f"{path} is a resume state (model + optimiser + RNG, for continuing training), not an "
-                f"exported encoder; keep it (training resumes from it) and pass the run's checkpoint.pt or "
-                f"epochs/ckpt-E.pt instead") from None
-        raise CheckpointError(f"{path} cannot be read as a checkpoint ({type(e).__name__}: {str(e)[:200]}); "
+        raise CheckpointError(f"{path} cannot be read as a checkpoint ({io.unreadable_reason(e)}); "
                               f"if it was cut short, re-export it by re-running its pretrain rule (training "
                               f"resumes from the run's resume/ states, nothing is retrained)") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != ENCODER_FORMAT:
@@ -132,6 +169,15 @@ def read_encoder_checkpoint(path: Path) -> dict:
         raise CheckpointError(f"{path}: not a cmim encoder checkpoint (format {found}); "
                               f"expected '{ENCODER_FORMAT}' as written by `python -m cmim pretrain`")
     return ckpt
+
+
+def _is_resume_state(path: Path) -> bool:
+    """Does the file load as a cmim resume state (weights only, numpy's RNG state allowed)?"""
+    try:
+        state = read_resume_state(path)
+    except Exception:
+        return False
+    return "optimizer" in state
 
 
 def _shape_mismatches(model: torch.nn.Module, state: dict) -> list[str]:

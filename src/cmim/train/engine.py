@@ -77,6 +77,16 @@ def run_lock(root: Path):
         yield
 
 
+def resume_position(state: dict, plan: Plan) -> str:
+    """Where a resume state stands, in the progress lines' terms (epochs 1-based, "epoch e/E"): a state
+    holds the epoch to run next (0-based) and the steps of it already done, so a state saved at the
+    end of epoch 2 of 2 holds epoch 2, step_in_epoch 0: "end of epoch 2/2", never "epoch 3"."""
+    step, epoch, in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
+    if in_epoch == 0 and epoch > 0:
+        return f"step {step}, end of epoch {epoch}/{plan.epochs}"
+    return f"step {step}, epoch {epoch + 1}/{plan.epochs}, {in_epoch} of its {plan.steps_per_epoch} steps done"
+
+
 def rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
@@ -217,7 +227,7 @@ class Trainer:
         with lock:
             return self._fit(plan)
 
-    def _resume(self) -> tuple[int, int, int, dict | None, Path | None]:
+    def _resume(self, plan: Plan) -> tuple[int, int, int, dict | None, Path | None]:
         """Clean up after killed writes, then load the newest good state (all ranks read the same file)."""
         files = self.files
         if self.env.is_main:
@@ -236,12 +246,12 @@ class Trainer:
                 f"{files.resume_epoch_checkpoint(lost[0])} ... are missing (deleted by hand?) and cannot be "
                 f"rebuilt from a later state. Move {files.resume} aside to retrain from scratch, or drop "
                 f"{lost} from checkpoint_epochs")
-        self.log(f"[{self.task.describe()}] resuming from {path} (step {state['step']}, epoch {state['epoch'] + 1})")
+        self.log(f"[{self.task.describe()}] resuming from {path} ({resume_position(state, plan)})")
         return state["step"], state["epoch"], state["step_in_epoch"], state, path
 
     def _fit(self, plan: Plan) -> dict:
         opts, env, files, task, ctx = self.opts, self.env, self.files, self.task, self.ctx
-        step, epoch, step_in_epoch, state, resumed_from = self._resume()
+        step, epoch, step_in_epoch, state, resumed_from = self._resume(plan)
         meter = progress.RunMeter.from_state(state.get("meter") if state else None,
                                              state["elapsed"] if state else 0.0)
         if env.is_main:
@@ -252,6 +262,8 @@ class Trainer:
                      f"(micro {plan.micro_batch} x accum {opts.accum_steps}), lr {plan.peak_lr:.3e} "
                      f"({opts.lr_schedule}), warmup {plan.warmup_steps} steps, {ctx.num_workers} loader worker(s), "
                      f"{self.precision_reason}")
+            for warning in task.start_warnings():
+                self.log(f"[{task.describe()}] warning: {warning}")
         flags = StopFlags().install()
         window = progress.Meter()
         last_saved = resumed_from

@@ -99,6 +99,10 @@ class TrainTask(abc.ABC):
         """Extra keys of summary.json (run id, method, ...)."""
         return {}
 
+    def start_warnings(self) -> list[str]:
+        """Problems of the input that do not stop the job, logged once as it starts (rank 0)."""
+        return []
+
     # ------------------------------------------------------------------ training
     def parameter_groups(self) -> list[dict]:
         """AdamW groups of `self.model`; a group may carry `lr_scale` (layer decay)."""
@@ -143,9 +147,12 @@ class TrainTask(abc.ABC):
 
 def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
     """AdamW groups of a model built on a ViT, with layer-wise lr decay: timm's
-    `param_groups_layer_decay` (block i of L gets layer_decay^(L - i) of the lr, the embeddings
-    layer_decay^(L + 1), everything after the blocks 1), no weight decay on the model's
-    `no_weight_decay()` names, norms and biases. Finetuning, segmentation and detection all use it."""
+    `param_groups_layer_decay` on the model's `group_matcher`, which names the embeddings and then one
+    group per block and nothing else, so block i of L gets layer_decay^(L - i) of the lr, the
+    embeddings layer_decay^(L + 1) and everything the matcher leaves out (final norm, neck, heads) 1:
+    MAE's `param_groups_lrd`, mmseg's and detectron2's ViT rates. No weight decay on the model's
+    `no_weight_decay()` names, norms and biases; frozen parameters are left out. Finetuning (its
+    `Classifier`), segmentation and detection all use it."""
     from timm.optim import param_groups_layer_decay
 
     return param_groups_layer_decay(model, weight_decay=weight_decay, no_weight_decay_list=model.no_weight_decay(),
