@@ -12,7 +12,8 @@ def add_bench_parser(sub) -> None:
     s.add_argument("--steps-to-run", "--only", dest="steps_to_run", nargs="+", choices=STEP_NAMES, default=None,
                    help="which steps (default: mae can cmae simclr finetune; finetune_recipe = MAE's full recipe)")
     s.add_argument("--compile", default="off", choices=["off", "regional", "full"],
-                   help="for both cmim's step and the reference (regional = every timm Block compiled)")
+                   help="cmim's step only; the reference stays eager, as the official code runs "
+                        "(regional = every timm Block compiled)")
     s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="cmim's precision key; the reference uses the dtype it resolves to")
     s.add_argument("--steps", type=int, default=None, help="timed steps (default: the size's)")

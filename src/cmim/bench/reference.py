@@ -39,8 +39,6 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
-from cmim.train.engine import compile_model
-
 LN = partial(nn.LayerNorm, eps=1e-6)
 
 
@@ -292,10 +290,10 @@ class ReferenceStep:
     """One reference training step: autocast forward, backward, AdamW, zero_grad, EMA."""
 
     def __init__(self, name: str, dims: dict, batch: int, device: torch.device, amp: torch.dtype | None,
-                 compile: str = "off", seed: int = 0) -> None:
+                 seed: int = 0) -> None:
         torch.manual_seed(seed)
-        self.model = build_reference(name, dims).to(device)
-        self.run = compile_model(self.model, compile)   # the engine's own, so both compile alike
+        self.model = build_reference(name, dims).to(device)   # eager, as the official repositories run
+        self.run = self.model
         self.device, self.amp = device, amp
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05,

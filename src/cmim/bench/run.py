@@ -122,13 +122,14 @@ def reference_flops(name: str, dims: dict, batch: int) -> flops.Flops:
     return flops.classifier_flops(spec, dims["num_classes"])
 
 
-def reference_step(name: str, s: Size, device: torch.device, amp, compile: str):
+def reference_step(name: str, s: Size, device: torch.device, amp):
+    """The reference runs as the official repositories do: eager, whatever cmim's --compile is."""
     from cmim.bench.reference import ReferenceStep
 
     run = bench_run(s, "mae" if name.startswith("finetune") else name)
     dims = reference_dims(s, run)
     ref = "finetune" if name.startswith("finetune") else name
-    return ReferenceStep(ref, dims, s.batch, device, amp, compile=compile), reference_flops(ref, dims, s.batch)
+    return ReferenceStep(ref, dims, s.batch, device, amp), reference_flops(ref, dims, s.batch)
 
 
 # ----------------------------------------------------------------------------- rows
@@ -171,7 +172,7 @@ def bench_step(name: str, s: Size, device: torch.device, args) -> list[dict]:
         by_impl["cmim"].append(timing)
         del step, loss
         _free(device)
-        ref, ref_work = reference_step(name, s, device, amp, args.compile)
+        ref, ref_work = reference_step(name, s, device, amp)
         timing = measure.time_steps(ref, s.warmup if args.warmup is None else args.warmup,
                                     s.steps if args.steps is None else args.steps, device, args.clock)
         timing["loss_finite"] = bool(torch.isfinite(ref()).item())
