@@ -23,7 +23,7 @@ import difflib
 
 from cmim import paths
 from cmim.datasets import splits
-from cmim.report import papers
+from cmim.report import papers, view_specs
 from cmim.study import (
     ARCHS,
     DENSE_TASKS,
@@ -135,7 +135,8 @@ def _check_figure(cfg: dict, fid: str, spec: dict) -> list[str]:
     kind = fig["kind"]
     allowed = {"epochs": {"series", "task", "metric"}, "partial": {"series", "metric"},
                "size": {"series", "task", "metric"}, "ablation": {"column"},
-               "reconstructions": {"runs"}, "compute": {"runs"}}[kind]
+               "reconstructions": {"runs"}, "compute": {"runs"}, "attention": {"runs", "images"},
+               "feature_map": {"runs", "points", "classes"}}[kind]
     problems = [f"{where}.{key}: a {kind} figure takes {sorted(allowed)}" for key in spec if key not in allowed]
     for label, groups in spec.get("series", {}).items():
         problems += _check_runs(cfg, f"{where}.series.{label}", as_list(groups))
@@ -343,6 +344,10 @@ def figure_plan(cfg: dict, fid: str) -> dict:
         else:
             runs = [m for g in selection for m in members(cfg, g)] if selection != "all" else list(cfg["runs"])
         plan.update(files={r: str(paths.run_files(r).reconstructions) for r in runs})
+    elif kind in view_specs.KINDS:    # one run per run group: its first seed
+        groups = cfg["run_groups"] if spec.get("runs", "all") == "all" else spec["runs"]
+        plan.update(view_specs.plan(cfg, kind, spec, {members(cfg, g)[0]: resolved(cfg, members(cfg, g)[0])
+                                                        for g in groups}))
     else:  # compute
         plan.update(_compute_inputs(cfg, spec.get("runs", "all"), manifests=False))
     return plan
@@ -375,4 +380,6 @@ def plan_inputs(plan: dict) -> list[str]:
             add(plan_inputs(t))
     elif kind == "reconstructions":
         add(plan["files"].values())
+    elif kind in view_specs.KINDS:
+        add(view_specs.inputs(plan))
     return out
