@@ -12,11 +12,11 @@ A resumed job appends to the same run without duplicated or missing steps, as me
   - the engine flushes the board before it writes a resume state, so whenever a state at step S
     exists, every event up to S is on disk;
   - a job resuming from S first rewrites its event files into one holding the events up to S only
-    (`truncate_events`, wall times kept), then appends a new file that opens with a purge marker at
-    S + 1 (SummaryWriter's purge_step): a TensorBoard that already showed the killed session's later
-    points drops them as well.
-The event files are appended as the job runs (like metrics.jsonl, not through cmim.io's temp+rename:
-a kill tears at most the last record, which every reader skips); the rewrite on resume is atomic.
+    (`truncate_events`, wall times kept), then starts a new file that opens with a purge marker at
+    S + 1 (the SessionLog START event of SummaryWriter's purge_step): a TensorBoard that already showed
+    the killed session's later points drops them as well.
+An event file is appended as the job runs (like metrics.jsonl, not through cmim.io's temp+rename: a
+kill tears at most the last record, which every reader skips); the rewrite on resume is atomic.
 
 Weights & Biases: used only when the wandb package is installed and `launch.wandb` or $WANDB_PROJECT
 names a project; otherwise nothing is imported and nothing goes over the network.
@@ -25,8 +25,11 @@ Rank 0 writes; the other ranks hold a board that does nothing (`NULL`).
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -38,6 +41,7 @@ from cmim.study import config_hash
 EVENTS_GLOB = "events.out.tfevents.*"   # TensorBoard's file names (cmim.io temp files start with a dot)
 CONFIG_TAG = "config"
 FLUSH_SECS = 10                          # how stale a live TensorBoard may be
+_UID = itertools.count()                 # event files of one process and second stay apart
 
 
 def event_files(folder: Path) -> list[Path]:
@@ -119,49 +123,88 @@ def open_wandb(project: str | None, folder: Path, config: dict, name: str, log=p
 
 
 class Board:
-    """The event files of one job (rank 0); `Board()` itself does nothing (the other ranks' board).
+    """The event file of one job session (rank 0); `Board()` itself does nothing (the other ranks' board).
 
-    The board mirrors metrics.jsonl, which stays the record: a failed event write (a full disk) is
-    said once in the log and ends the board for this session, never the training job."""
+    Written synchronously in the training process (torch.utils.tensorboard's summary protos, TensorBoard's
+    record format): no writer thread, so a flush really is on disk when it returns, and a full disk is
+    an OSError here, not a traceback from a thread. The board mirrors metrics.jsonl, which stays the
+    record: a failed event write is said once in the log and ends the board for this session, never
+    the training job (the next session rewrites the events up to its resume state)."""
 
-    def __init__(self, writer=None, wandb_run=None, log=print) -> None:
-        self.writer, self.wandb, self.log = writer, wandb_run, log
+    def __init__(self, path: Path | None = None, wandb_run=None, log=print) -> None:
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        self.file = open(path, "ab") if path is not None else None   # closed in close()
+        self.records = RecordWriter(self.file) if self.file is not None else None
+        self.wandb, self.log, self.path, self.flushed = wandb_run, log, path, time.monotonic()
 
     @classmethod
     def open(cls, folder: Path, resumed_step: int, config: dict, *, name: str, wandb: str | None = None,
              log=print) -> Board:
-        """Drop the events after `resumed_step`, then append a new event file (and the W&B run, if any)."""
-        from torch.utils.tensorboard import SummaryWriter
+        """Drop the events after `resumed_step`, then start this session's event file: a purge marker at
+        resumed_step + 1 when resuming, the config text (and the W&B run, if one is named)."""
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+        from torch.utils.tensorboard.summary import text
 
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
         truncate_events(folder, resumed_step, log)
-        writer = SummaryWriter(log_dir=str(folder), purge_step=resumed_step + 1 if resumed_step else None,
-                               flush_secs=FLUSH_SECS)
-        writer.add_text(CONFIG_TAG, config_text(config), global_step=0)
-        return cls(writer, open_wandb(wandb_project(wandb), Path(folder), config, name, log), log)
+        path = folder / f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_UID)}"
+        board = cls(path, open_wandb(wandb_project(wandb), folder, config, name, log), log)
+        board._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
+        if resumed_step:
+            board._write(Event(wall_time=time.time(), step=resumed_step + 1,
+                               session_log=SessionLog(status=SessionLog.START)))
+        board._write(Event(wall_time=time.time(), step=0, summary=text(CONFIG_TAG, config_text(config))))
+        board.flush()
+        return board
 
-    def _guarded(self, action) -> None:
-        if self.writer is None:
+    def _write(self, event) -> None:
+        if self.records is None:
             return
         try:
-            action(self.writer)
+            self.records.write(event.SerializeToString())
         except OSError as e:
-            self.log(f"[board] the TensorBoard events stop here ({type(e).__name__}: {e}); metrics.jsonl "
-                     f"keeps every row, the next session rewrites the events up to its resume state")
-            self.writer = None
+            self._stop(e)
+
+    def _stop(self, error: OSError) -> None:
+        self.log(f"[board] the TensorBoard events of this session stop here ({type(error).__name__}: {error}); "
+                 f"metrics.jsonl keeps every row")
+        self.records = None
+        with contextlib.suppress(OSError):
+            self.file.close()
 
     def row(self, row: dict) -> None:
         """One metrics row (progress, evaluation or the final scores) as scalars at its step."""
+        from tensorboard.compat.proto.event_pb2 import Event
+        from torch.utils.tensorboard.summary import scalar
+
         values = scalars(row)
-        self._guarded(lambda w: [w.add_scalar(tag, v, global_step=row["step"]) for tag, v in values.items()])
+        now = time.time()
+        for tag, value in values.items():
+            self._write(Event(wall_time=now, step=row["step"], summary=scalar(tag, value)))
+        if time.monotonic() - self.flushed > FLUSH_SECS:
+            self.flush()
         if self.wandb is not None:
             self.wandb.log(values, step=row["step"])
 
     def flush(self) -> None:
-        self._guarded(lambda w: w.flush())
+        """Everything written so far on disk (the engine calls it before every resume state)."""
+        if self.records is None:
+            return
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        except OSError as e:
+            self._stop(e)
+        self.flushed = time.monotonic()
 
     def close(self) -> None:
-        self._guarded(lambda w: w.close())
-        self.writer = None
+        self.flush()
+        if self.records is not None:
+            self.records = None
+            with contextlib.suppress(OSError):
+                self.file.close()
         if self.wandb is not None:
             self.wandb.finish()
             self.wandb = None
