@@ -135,6 +135,21 @@ def test_truncate_events_keeps_what_a_reader_shows_up_to_the_step(tmp_path):
     assert board.truncate_events(tmp_path / "none", 3) == 0
 
 
+def test_a_finished_job_run_again_logs_its_final_scores_once(tmp_path):
+    """A finished job started again resumes at its last step and finishes at once: its final scores
+    (final/..., not in metrics.jsonl) are logged again, the first session's are dropped."""
+    first = board.Board.open(tmp_path, 0, {"a": 1}, name="job")
+    first.row({"step": 12, "total": 0.5})
+    first.row({"step": 12, "final": {"top1": 61.0, "samples": 200}})
+    first.close()
+    again = board.Board.open(tmp_path, 12, {"a": 1}, name="job")      # nothing left to train
+    again.row({"step": 12, "final": {"top1": 61.5, "samples": 200}})
+    again.close()
+    assert raw_scalar_steps(tmp_path) == Counter({("train/total", 12): 1, ("final/top1", 12): 1,
+                                                  ("final/samples", 12): 1})
+    assert [e.value for e in accumulated(tmp_path).Scalars("final/top1")] == [61.5]
+
+
 # ----------------------------------------------------------------------------- Weights & Biases
 
 

@@ -40,6 +40,7 @@ from cmim.study import config_hash
 
 EVENTS_GLOB = "events.out.tfevents.*"   # TensorBoard's file names (cmim.io temp files start with a dot)
 CONFIG_TAG = "config"
+REWRITTEN = (CONFIG_TAG, "final")       # written anew by each session (the config) or each finish (final scores)
 FLUSH_SECS = 10                          # how stale a live TensorBoard may be
 _UID = itertools.count()                 # event files of one process and second stay apart
 
@@ -62,7 +63,8 @@ def truncate_events(folder: Path, max_step: int, log=None) -> int:
     """Rewrite a job folder's event files as one file holding the events at steps <= max_step (returns
     how many): the scalars logged after the state a job resumes from are dropped, as its metrics rows.
     A purge marker met on the way drops what it hides (a rewrite killed half way is redone from all
-    files: the last copy of a (tags, step) wins); the config text is dropped, each session writes it."""
+    files: the last copy of a (tags, step) wins); the config text and the final scores are dropped:
+    each session writes the config, each finish the final scores (a rerun of a finished job too)."""
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto import event_pb2
     from tensorboard.summary.writer.record_writer import RecordWriter
@@ -80,8 +82,8 @@ def truncate_events(folder: Path, max_step: int, log=None) -> int:
                 kept = {key: r for key, r in kept.items() if key[1] < event.step}
             elif event.HasField("summary"):
                 tags = tuple(v.tag for v in event.summary.value)
-                config = any(t.split("/")[0] == CONFIG_TAG for t in tags)   # add_text's tag: config/text_summary
-                if not config and event.step <= max_step:
+                rewritten = any(t.split("/")[0] in REWRITTEN for t in tags)   # config/text_summary, final/top1
+                if not rewritten and event.step <= max_step:
                     kept[(tags, event.step)] = raw
     header = event_pb2.Event(wall_time=first_time or time.time(), file_version="brain.Event:2")
     with io.atomic_path(files[0]) as tmp, open(tmp, "wb") as f:
