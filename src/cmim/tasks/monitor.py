@@ -109,7 +109,8 @@ class KnnMonitor:
 
         started = time.perf_counter()
         if self.encoder is None:       # a frozen copy, as the kNN task loads the epoch's checkpoint
-            self.encoder = build_encoder(self.run["encoder"])
+            with torch.random.fork_rng(devices=[]):      # its init draws nothing from training's generator
+                self.encoder = build_encoder(self.run["encoder"])
         self.encoder.load_state_dict(encoder.state_dict())
         data, opts = self.run["data"], self.job.options
         extractor = FeatureExtractor(self.encoder, self.run["probe_feature"], data["mean"], data["std"])
@@ -120,7 +121,7 @@ class KnnMonitor:
         scores = knn_accuracy(*train, *val, self.num_classes, k=self.job.knn.k, temperature=self.job.knn.temperature)
         seconds = time.perf_counter() - started
         ctx.log(f"[monitor] {self.run['run']} epoch {epoch}: kNN top-1 {scores['top1']:.2f} "
-                 f"({len(train[1])} train / {len(val[1])} val images, k {self.job.knn.k}), {seconds:.1f} s")
+                f"({len(train[1])} train / {len(val[1])} val images, k {self.job.knn.k}), {seconds:.1f} s")
         return {**{f"knn_{k}": v for k, v in scores.items()}, "monitor_s": round(seconds, 3)}
 
 

@@ -254,7 +254,7 @@ class Trainer:
         if env.is_main:
             files.resume.mkdir(parents=True, exist_ok=True)
             progress.truncate_jsonl(files.resume_metrics, step, log=self.log)
-            self.board = board.Board.open(files.root, step, task.identity(), name=task.describe(), wandb=self.wandb,
+            self.board = board.Board.open(files.events, step, task.identity(), name=task.describe(), wandb=self.wandb,
                                           log=self.log)
             self.log(f"[{task.describe()}] on {env.world_size} rank(s), {env.device}; {plan.steps_per_epoch} "
                      f"steps/epoch x {plan.epochs} epochs = {plan.total_steps} steps, batch {opts.batch_size} "
