@@ -62,16 +62,19 @@ if workflow.is_main_process:
 
 
 # Where and how fast jobs run (the launch block) reaches them through the environment, not as a
-# tracked param: a new partition, time limit, launcher or worker count never retrains anything.
+# tracked param: a new partition, time limit, launcher or worker count never retrains anything;
+# so does what watches the pretraining (the monitor block: the online kNN monitor).
 # Job logs keep a traceback under the one-line error message.
 os.environ["CMIM_LAUNCH"] = W.launch_env(CFG)
 os.environ["CMIM_VERIFY_SHARDS"] = W.verify_env(CFG)
+os.environ["CMIM_MONITOR"] = W.monitor_env(CFG)
 os.environ["CMIM_TRACEBACK"] = "1"
 
 
 envvars:
     "CMIM_LAUNCH",
     "CMIM_VERIFY_SHARDS",
+    "CMIM_MONITOR",
     "CMIM_TRACEBACK",
 
 

@@ -106,6 +106,38 @@ def _write_study() -> None:
         io.write_json(paths.manifest("fmnist", split), shard)
 
 
+ENCODER_VIEW_GROUPS = ("can", "mae")     # the runs of the attention_maps / feature_maps figures below
+
+
+def write_encoder_views(root: Path, val_manifest: Path) -> dict:
+    """What the figures that look inside the encoders read, for the first seed of ENCODER_VIEW_GROUPS:
+    an exported (untrained) encoder, cached frozen features (four separated classes) and real val
+    shards in place of the hand-written val manifest. Returns the figures' specs."""
+    import shutil
+
+    from cmim.evals.features import save_features
+    from cmim.models.vit import build_encoder
+    from cmim.train.checkpoint import export_encoder
+
+    with contextlib.chdir(root):
+        val = paths.manifest("fmnist", "val").parent
+        shutil.rmtree(val)
+        shutil.copytree(Path(val_manifest).parent, val)
+        g = torch.Generator().manual_seed(0)
+        centres = torch.randn(4, 32, generator=g) * 4
+        x = torch.cat([c + torch.randn(50, 32, generator=g) for c in centres])
+        y = torch.arange(4).repeat_interleave(50)
+        for group in ENCODER_VIEW_GROUPS:
+            torch.manual_seed(0)
+            run = f"{group}-s0"
+            export_encoder(paths.run_files(run).checkpoint, build_encoder(ENCODER), ENCODER)
+            save_features(paths.features(run, "fmnist", "final"), train=(x[:8], y[:8]), val=(x, y), feature="cls",
+                          classes=["T-shirt", "Trouser", "Pullover", "Dress"], dataset="fmnist", checkpoint={},
+                          wall_time_s=0.0)
+    return {"attention_maps": {"runs": list(ENCODER_VIEW_GROUPS), "images": 2},
+            "feature_maps": {"runs": list(ENCODER_VIEW_GROUPS), "points": 200}}
+
+
 @pytest.fixture
 def cached_schema(monkeypatch):
     """cmim.config.schema() re-reads the YAML on every call (about 0.1-0.8 s, many calls per validate);

@@ -13,9 +13,11 @@ from cmim.options.checkpoint import CheckpointOptions
 from cmim.options.evals import TASK_OPTIONS, FeaturesOptions
 from cmim.options.loop import LoopOptions
 from cmim.options.methods import METHOD_OPTIONS, AugmentOptions
+from cmim.options.monitor import MonitorOptions
 
 # schema block ($defs.<name>) -> the class that mirrors it
 BLOCKS = {**METHOD_OPTIONS, "augment": AugmentOptions, "features": FeaturesOptions, "checkpoint": CheckpointOptions,
+          "monitor": MonitorOptions,
           **TASK_OPTIONS}
 # run keys that are not the loop's: what the run is (method, data, shape), not how it trains
 RUN_ONLY = {"method", "dataset", "arch", "patch_size", "depth", "embed_dim", "num_heads", "seeds", "probe_feature",

@@ -64,7 +64,9 @@ def test_baselines_are_split_from_trained_runs_even_through_run_defaults():
 
 
 def test_tiny_pipeline_runs_end_to_end_and_then_has_nothing_to_do(tmp_path):
-    write_config(tmp_path / "config.yaml", tiny_config())
+    cfg = tiny_config()
+    cfg["figures"] = {"feature_maps": {}, "attention_maps": {"images": 2}}
+    write_config(tmp_path / "config.yaml", cfg)
     snakemake(tmp_path)
     res = tmp_path / "results"
     manifest = json.loads((res / "shards/fmnist/train/manifest.json").read_text())
@@ -77,7 +79,12 @@ def test_tiny_pipeline_runs_end_to_end_and_then_has_nothing_to_do(tmp_path):
     exported, state = res / "pretrain/mae/epochs/ckpt-1.pt", res / "pretrain/mae/resume/epochs/ckpt-1.pt"
     assert exported.stat().st_ino == state.stat().st_ino
     rows = [json.loads(line) for line in (res / "pretrain/mae/metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(2, 13, 2))
+    assert [r["step"] for r in rows if "eval" not in r] == list(range(2, 13, 2))
+    # the online kNN monitor (schema defaults: every 10 epochs and the last) at the end of epoch 2
+    assert [(r["step"], sorted(r["eval"])) for r in rows if "eval" in r] == [(12, ["knn_top1", "knn_top5",
+                                                                                 "monitor_s"])]
+    for job in ("pretrain/mae", "eval/mae/finetune", "eval/mae/ade20k"):      # TensorBoard: one run per job folder
+        assert list((res / job).glob("events.out.tfevents.*")), job
     table = pd.read_csv(res / "tables/linear_probe.csv")
     assert list(table["run"]) == ["mae", "random_init", "raw_pixels"]
     assert table["top-1"].between(10, 100).all()  # above chance (10 classes) and a real percentage
@@ -96,7 +103,11 @@ def test_tiny_pipeline_runs_end_to_end_and_then_has_nothing_to_do(tmp_path):
         table = pd.read_csv(res / f"tables/{task}.csv")
         assert list(table["run"]) == ["mae"] and table[metric].between(0, 100).all()
         assert (res / f"eval/mae/{task}_examples.png").stat().st_size > 5_000
-    for name in ("accuracy_vs_epochs", "partial_finetune"):
+    # the figures that look inside the encoders: every run drawn (raw pixels have no attention)
+    logs = res / "logs/report"
+    assert "[feature_maps] drew mae, random_init, raw_pixels\n" in (logs / "feature_maps.log").read_text()
+    assert "[attention_maps] drew mae, random_init\n" in (logs / "attention_maps.log").read_text()
+    for name in ("accuracy_vs_epochs", "partial_finetune", "feature_maps", "attention_maps"):
         assert (res / f"figures/{name}.png").stat().st_size > 10_000 and (res / f"figures/{name}.pdf").exists()
     second = snakemake(tmp_path, "-n")
     assert "Nothing to be done" in second.stdout + second.stderr

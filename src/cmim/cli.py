@@ -38,6 +38,7 @@ from cmim.report import render
 from cmim.study import evaluated_runs, launch_settings, resolve_run
 
 LAUNCH_ENV = "CMIM_LAUNCH"
+MONITOR_ENV = "CMIM_MONITOR"
 
 
 def _json(text: str) -> dict:
@@ -58,6 +59,15 @@ def launch_block(text: str | None) -> dict:
     """--launch JSON, else $CMIM_LAUNCH, else in-process; defaults filled and checked."""
     raw = text if text is not None else os.environ.get(LAUNCH_ENV)
     return launch_settings(_json(raw) if raw else {})
+
+
+def monitor_block(args) -> dict | None:
+    """A pretraining's kNN monitor: --monitor JSON, else $CMIM_MONITOR, else the schema's defaults; off
+    without --val-manifest. Like the launch block, never a tracked param: it watches, it never retrains."""
+    if not args.val_manifest:
+        return None
+    raw = args.monitor if args.monitor is not None else os.environ.get(MONITOR_ENV)
+    return {**(_json(raw) if raw else {}), "val_manifest": args.val_manifest}
 
 
 def _read_run(path) -> dict:
@@ -144,7 +154,7 @@ def cmd_pretrain(args) -> int:
 
     run = _read_run(args.run_config)
     launch_pretrain(Path(args.run_config), Path(args.manifest), Path(args.out), launch_block(args.launch), run["run"],
-                    log=log)
+                    log=log, monitor=monitor_block(args))
     return 0
 
 
@@ -293,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run-config", required=True, help="the run's resolved config.yaml")
     s.add_argument("--manifest", required=True, help="train split manifest.json")
     s.add_argument("--out", required=True, help="the run's folder")
+    s.add_argument("--val-manifest", default=None, help="val split manifest.json: turns the online kNN monitor on")
+    s.add_argument("--monitor", default=None, help=f"JSON of the config's monitor block (default: ${MONITOR_ENV})")
     launch_arg(s)
     s.set_defaults(fn=cmd_pretrain)
 

@@ -1,11 +1,16 @@
 """What a `datasets.<name>` block means before any image is read: its reader, splits and demo tree.
 
 Light (no torch, no PIL): the config checks, the Snakefile's input functions and the report's
-provenance all ask it, and the readers (cmim.data.sources) take their split names from here.
+provenance all ask it, the readers (cmim.data.sources) take their split names from here, and the
+planner (cmim.plan) its split sizes.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from cmim import paths
 from cmim.errors import FormatError
 
 # Source formats with a reader, and our split name -> the source's split name of each.
@@ -53,3 +58,49 @@ def family(cfg: dict, dataset: str) -> str | None:
     """Which dataset this is in the papers' names (ImageNet-1K, ADE20K, ...), None when unknown."""
     ds = cfg["datasets"][dataset]
     return ds.get("family") or FORMAT_FAMILY.get(ds["format"])
+
+
+# ----------------------------------------------------------------------------- sizes (for the planner)
+
+# Known split sizes (train, val) and class counts, for studies planned before sharding.
+KNOWN_DATASETS = {
+    "imagenet": {"train": 1_281_167, "val": 50_000, "classes": 1000},   # ILSVRC-2012
+    "fashion-mnist": {"train": 60_000, "val": 10_000, "classes": 10},
+    "ade20k": {"train": 20_210, "val": 2_000, "classes": 150},
+    "coco": {"train": 118_287, "val": 5_000, "classes": 80},
+}
+
+
+def known_sizes(config: dict, dataset: str) -> dict | None:
+    """The known split sizes and class count of a dataset block (demo scenes: their configured counts)."""
+    ds = config["datasets"][dataset]
+    fmt = ds["format"]
+    if fmt in ("demo-ade20k", "demo-coco"):
+        demo = ds.get("demo") or {}
+        return {"train": demo.get("n_train", 400), "val": demo.get("n_val", 100),
+                "classes": KNOWN_DATASETS[fmt.removeprefix("demo-")]["classes"]}
+    if fmt in KNOWN_DATASETS:
+        return KNOWN_DATASETS[fmt]
+    root = Path(ds.get("root") or "").name.lower()
+    if fmt == "imagefolder" and ("imagenet" in dataset.lower() or root.startswith(("imagenet", "ilsvrc"))):
+        return KNOWN_DATASETS["imagenet"]
+    return None
+
+
+def split_info(config: dict, dataset: str, split: str, samples: dict[str, int]) -> tuple[int, int | None]:
+    """(samples, classes) of a split: --samples, else its manifest, else the known size (max_samples applied)."""
+    cap = config["datasets"][dataset].get("max_samples")
+    key = f"{dataset}:{split}"
+    manifest = paths.manifest(dataset, split)
+    known = known_sizes(config, dataset)
+    if key in samples:
+        n, classes = samples[key], known["classes"] if known else None
+    elif manifest.exists():
+        m = json.loads(manifest.read_text())
+        n, classes = m["num_samples"], len(m.get("classes", [])) or None
+    elif known:
+        n, classes = known[split], known["classes"]
+    else:
+        raise ValueError(f"the size of {dataset}'s {split} split is unknown (no manifest {manifest} yet); "
+                         f"give it with --samples {key}=N")
+    return (min(n, cap) if cap else n), classes

@@ -94,7 +94,7 @@ class TrainJob:
                 verify_manifests(task.manifests(), log=log)
             distributed.barrier(env)
             return Trainer(task, RunFiles(Path(job["out_dir"])), env, num_workers=job.get("num_workers", 0),
-                           log=log).fit()
+                           log=log, wandb=job.get("wandb")).fit()
         finally:
             torch.set_num_threads(threads)
             distributed.teardown()
@@ -197,7 +197,8 @@ def wait_for(job: submitit.Job, name: str, log=print) -> dict:
 
 def launch_job(job: dict, out_dir: Path, launch: dict, name: str, log=print) -> dict:
     """Write the job file, run the job on the configured launcher and wait for it."""
-    job = {**job, "num_workers": default_num_workers(launch), "cpus_per_task": launch["cpus_per_task"]}
+    job = {**job, "num_workers": default_num_workers(launch), "cpus_per_task": launch["cpus_per_task"],
+           "wandb": launch.get("wandb")}
     job_file = write_job(Path(out_dir), job)
     if launch["launcher"] == "inprocess":
         # The same callable, called here. Not through submitit's debug executor: that one opens
@@ -209,18 +210,20 @@ def launch_job(job: dict, out_dir: Path, launch: dict, name: str, log=print) -> 
 # ----------------------------------------------------------------------------- pretraining
 
 
-def pretrain_job(run_config: Path, manifest: Path) -> dict:
-    return {"task": "pretrain", "run_config": str(run_config), "manifest": str(manifest)}
+def pretrain_job(run_config: Path, manifest: Path, monitor: dict | None = None) -> dict:
+    """monitor: the online kNN monitor's block with its val_manifest and kNN protocol (None = off)."""
+    return {"task": "pretrain", "run_config": str(run_config), "manifest": str(manifest), "monitor": monitor}
 
 
 def submit_pretrain(run_config: Path, manifest: Path, out_dir: Path, launch: dict, run_id: str,
-                    log=print) -> submitit.Job:
-    job = {**pretrain_job(run_config, manifest), "num_workers": default_num_workers(launch),
-           "cpus_per_task": launch["cpus_per_task"]}
+                    log=print, monitor: dict | None = None) -> submitit.Job:
+    job = {**pretrain_job(run_config, manifest, monitor), "num_workers": default_num_workers(launch),
+           "cpus_per_task": launch["cpus_per_task"], "wandb": launch.get("wandb")}
     return submit_job(write_job(Path(out_dir), job), launch, run_id, log)
 
 
-def launch_pretrain(run_config: Path, manifest: Path, out_dir: Path, launch: dict, run_id: str, log=print) -> dict:
+def launch_pretrain(run_config: Path, manifest: Path, out_dir: Path, launch: dict, run_id: str, log=print,
+                    monitor: dict | None = None) -> dict:
     """Pretrain one run on the configured launcher; the untrained baselines are written here, in seconds."""
     run = yaml.safe_load(Path(run_config).read_text())
     from cmim.study import BASELINE_METHODS, IMPORTED
@@ -232,4 +235,4 @@ def launch_pretrain(run_config: Path, manifest: Path, out_dir: Path, launch: dic
         from cmim.tasks.pretrain import write_baseline
 
         return write_baseline(run, RunFiles(Path(out_dir)), log=log)
-    return launch_job(pretrain_job(run_config, manifest), out_dir, launch, run_id, log)
+    return launch_job(pretrain_job(run_config, manifest, monitor), out_dir, launch, run_id, log)

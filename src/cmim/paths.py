@@ -54,6 +54,10 @@ class RunFiles:
         return self.root / "metrics.jsonl"
 
     @property
+    def events(self) -> Path:          # TensorBoard's events.out.tfevents.* (cmim.train.board): in the job folder
+        return self.root               # itself, so `tensorboard --logdir results` shows one run per job
+
+    @property
     def reconstructions(self) -> Path:  # pretraining: a few decoder outputs for the report (cmim.methods.visualize)
         return self.root / "reconstructions.pt"
 

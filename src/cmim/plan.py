@@ -1,9 +1,10 @@
 """`python -m cmim plan`: what a study costs, job by job, before it is submitted.
 
-For every job the Snakefile would run (the pretraining of each trained run; for each evaluated run
-the frozen features, linear probe, kNN, finetune, partial finetunes, ADE20K and COCO), it gives the
-images processed, the FLOPs (cmim.train.flops' analytic model: forward 24 d^2 n + 4 n^2 d per ViT
-block, training 3x forward, EMA target 1x), and the GPU-hours from, in this order of preference:
+For every job the Snakefile would run (the pretraining of each trained run and its online kNN monitor,
+listed apart; for each evaluated run the frozen features, linear probe, kNN, finetune, partial
+finetunes, ADE20K and COCO), it gives the images processed, the FLOPs (cmim.train.flops' analytic
+model: forward 24 d^2 n + 4 n^2 d per ViT block, training 3x forward, EMA target 1x), and the
+GPU-hours from, in this order of preference:
   1. a measured img/s of the same step and model on that GPU (benchmarks/results/*.json written by
      `cmim bench --size paper` on a GPU, same FLOPs per image within 1%);
   2. the MFU measured there for the same kind of step, applied to this job's FLOPs;
@@ -26,24 +27,17 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cmim import paths
 from cmim.config import load_config
+from cmim.datasets import split_info
 from cmim.options import SELECTION_KEYS, from_dict
 from cmim.options.evals import TASK_OPTIONS
+from cmim.options.monitor import MonitorOptions
 from cmim.study import UNTRAINED_METHODS, dense_dataset, eval_options, evaluated_runs, resolve_run, run_method
 from cmim.train.schedule import steps_per_epoch
 
 DEFAULT_GPU = "H100"
 DEFAULT_MFU = 0.30
 MEASURED_MATCH = 0.01   # a measurement applies when its FLOPs/img are within 1% of the job's
-
-# Known split sizes (train, val) and class counts, for studies planned before sharding.
-KNOWN_DATASETS = {
-    "imagenet": {"train": 1_281_167, "val": 50_000, "classes": 1000},   # ILSVRC-2012
-    "fashion-mnist": {"train": 60_000, "val": 10_000, "classes": 10},
-    "ade20k": {"train": 20_210, "val": 2_000, "classes": 150},
-    "coco": {"train": 118_287, "val": 5_000, "classes": 80},
-}
 
 # Dense tasks: the reference recipes (METHODS.md 2.3 / 2.4) when the config does not say otherwise.
 DENSE_RECIPES = {"ade20k": {"iters": 160_000, "batch_size": 16, "crop_size": 512, "window": None},
@@ -61,43 +55,6 @@ class Job:
     source: str                # where the speed comes from
     gpu_hours: float | None
     wall_hours: float | None   # on the study's GPUs, linear scaling
-
-
-# ----------------------------------------------------------------------------- dataset sizes
-
-
-def _known(config: dict, dataset: str) -> dict | None:
-    ds = config["datasets"][dataset]
-    fmt = ds["format"]
-    if fmt in ("demo-ade20k", "demo-coco"):
-        demo = ds.get("demo") or {}
-        return {"train": demo.get("n_train", 400), "val": demo.get("n_val", 100),
-                "classes": KNOWN_DATASETS[fmt.removeprefix("demo-")]["classes"]}
-    if fmt in KNOWN_DATASETS:
-        return KNOWN_DATASETS[fmt]
-    root = Path(ds.get("root") or "").name.lower()
-    if fmt == "imagefolder" and ("imagenet" in dataset.lower() or root.startswith(("imagenet", "ilsvrc"))):
-        return KNOWN_DATASETS["imagenet"]
-    return None
-
-
-def split_info(config: dict, dataset: str, split: str, samples: dict[str, int]) -> tuple[int, int | None]:
-    """(samples, classes) of a split: --samples, else its manifest, else the known size (max_samples applied)."""
-    cap = config["datasets"][dataset].get("max_samples")
-    key = f"{dataset}:{split}"
-    manifest = paths.manifest(dataset, split)
-    known = _known(config, dataset)
-    if key in samples:
-        n, classes = samples[key], known["classes"] if known else None
-    elif manifest.exists():
-        m = json.loads(manifest.read_text())
-        n, classes = m["num_samples"], len(m.get("classes", [])) or None
-    elif known:
-        n, classes = known[split], known["classes"]
-    else:
-        raise ValueError(f"the size of {dataset}'s {split} split is unknown (no manifest {manifest} yet); "
-                         f"give it with --samples {key}=N")
-    return (min(n, cap) if cap else n), classes
 
 
 # ----------------------------------------------------------------------------- speeds
@@ -153,8 +110,6 @@ class Speeds:
 
 
 def _train_images(epochs: int, samples: int, batch: int) -> int:
-
-
     return epochs * steps_per_epoch(samples, batch) * batch
 
 
@@ -247,6 +202,29 @@ def frozen_jobs(config: dict, speed, gpus: int, samples) -> list[Job]:
     return jobs
 
 
+def monitor_jobs(config: dict, speed, gpus: int, samples) -> list[Job]:
+    """The online kNN monitor of each trained run on a labelled dataset: at each monitored epoch, the
+    forward of its train and val subsets and the kNN's similarity matrix (cmim.tasks.monitor)."""
+    from cmim.train import flops
+
+    opts = from_dict(MonitorOptions, config.get("monitor", {}), "monitor")
+    jobs = []
+    for run_id in config["runs"]:
+        run = _resolved(config, run_id)
+        n_train, classes = split_info(config, run["dataset"], "train", samples)
+        checks = len(opts.epochs(run["epochs"])) if run["method"] not in UNTRAINED_METHODS else 0
+        if not checks or (classes or 0) < 2:
+            continue
+        tr = min(n_train, opts.train_samples)
+        va = min(split_info(config, run["dataset"], "val", samples)[0], opts.val_samples)
+        fwd = flops.encoder_flops(_eval_spec(run, config, run["dataset"])).forward()
+        job = _job("monitor", run_id, checks * (tr + va), fwd, speed, gpus,
+                   extra_gflop=checks * 2 * tr * va * run["encoder"]["embed_dim"] / 1e9)
+        job.source += f"; {checks} checks of {tr:,} + {va:,} images"
+        jobs.append(job)
+    return jobs
+
+
 def finetune_jobs(config: dict, task: str, speed, gpus: int, samples) -> list[Job]:
     from cmim.train import flops
 
@@ -279,21 +257,9 @@ def finetune_jobs(config: dict, task: str, speed, gpus: int, samples) -> list[Jo
     return jobs
 
 
-def _vitdet_flops(spec: dict, crop: int, window: int | None, global_blocks: int) -> float:
-    """Backbone forward FLOPs per image at `crop` px: dense 24 d^2 n per block; attention 4 n^2 d on
-    global blocks and 4 n w^2 d on window blocks (w = window x window tokens)."""
+def dense_jobs(config: dict, task: str, speed, gpus: int) -> list[Job]:
     from cmim.train import flops
 
-    d, depth, p = spec["embed_dim"], spec["depth"], spec["patch_size"]
-    n = (crop // p) ** 2
-    f = flops.patch_embed(n, p, d).forward()
-    for i in range(depth):
-        is_global = window is None or i >= depth - global_blocks or (i + 1) % (depth // global_blocks) == 0
-        f += 24 * d * d * n + (4 * n * n * d if is_global else 4 * n * window * window * d)
-    return f
-
-
-def dense_jobs(config: dict, task: str, speed, gpus: int) -> list[Job]:
     jobs = []
     if task not in config["evaluations"]:
         return jobs
@@ -301,7 +267,8 @@ def dense_jobs(config: dict, task: str, speed, gpus: int) -> list[Job]:
         run = _resolved(config, run_id)
         recipe = {**DENSE_RECIPES[task], **{k: v for k, v in eval_options(config, task, run_id).items()
                                             if k in DENSE_RECIPES[task]}}
-        fwd = _vitdet_flops(run["encoder"], recipe["crop_size"], recipe["window"], recipe.get("global_blocks", 0))
+        fwd = flops.vitdet_backbone_forward(run["encoder"], recipe["crop_size"], recipe["window"],
+                                            recipe.get("global_blocks", 0))
         job = _job(task, run_id, recipe["iters"] * recipe["batch_size"], 3 * fwd, speed, gpus)
         job.source += f"; backbone only, {recipe['iters']} iters x {recipe['batch_size']} @ {recipe['crop_size']} px"
         jobs.append(job)
@@ -319,6 +286,7 @@ def plan_study(config: dict, *, gpu: str = DEFAULT_GPU, mfu: float = DEFAULT_MFU
     speed = Speeds(load_measurements(Path(results_dir), gpu), gpu, mfu, compile)
     jobs = [pretrain_job(config, r, speed, gpus, samples) for r in config["runs"]
             if run_method(config, r) not in UNTRAINED_METHODS]
+    jobs += monitor_jobs(config, speed, gpus, samples)
     jobs += frozen_jobs(config, speed, gpus, samples)
     for task in ("finetune", "partial_finetune"):
         jobs += finetune_jobs(config, task, speed, gpus, samples)

@@ -104,8 +104,19 @@ def resolved_run_text(cfg: dict, run: str) -> str:
     return _json(study.resolve_run(cfg, run))
 
 
-def train_manifest(cfg: dict, run: str) -> str:
-    return str(paths.manifest(study.resolve_run(cfg, run)["dataset"], "train"))
+def pretrain_inputs(cfg: dict, run: str) -> dict[str, str]:
+    """The run's config and train manifest, and its dataset's val manifest where there is one: the
+    online kNN monitor's queries (an input, so the val shards exist before the first epoch ends)."""
+    dataset = study.resolve_run(cfg, run)["dataset"]
+    inputs = {"run_config": str(paths.run_files(run).config), "manifest": str(paths.manifest(dataset, "train"))}
+    if "val" in splits(cfg, dataset):
+        inputs["val_manifest"] = str(paths.manifest(dataset, "val"))
+    return inputs
+
+
+def monitor_args(inputs) -> str:
+    """The pretrain command's monitor argument: the val manifest, if the dataset has a val split."""
+    return f"--val-manifest {inputs.val_manifest}" if "val_manifest" in inputs.keys() else ""
 
 
 def baseline_runs(cfg: dict) -> list[str]:
@@ -162,6 +173,13 @@ def launch_env(cfg: dict) -> str:
     """The launch block for CMIM_LAUNCH: jobs read where and how fast to run from the environment,
     so none of it is a tracked param (changing it never reruns a finished job)."""
     return _json(cfg["launch"])
+
+
+def monitor_env(cfg: dict) -> str:
+    """The monitor block and the study's kNN protocol (k, temperature) for CMIM_MONITOR: like the launch
+    block, it reaches the pretraining jobs through the environment, so changing it retrains nothing."""
+    knn = cfg["evaluations"].get("knn", {})
+    return _json({**cfg["monitor"], "knn": {k: knn[k] for k in ("k", "temperature") if k in knn}})
 
 
 def verify_env(cfg: dict) -> str:

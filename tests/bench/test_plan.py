@@ -55,6 +55,24 @@ def test_paper_mae_b16_800_by_hand(paper_plan):
     assert "assumed MFU of 30%" in job["source"]
 
 
+def test_paper_monitor_by_hand(paper_plan, paper_cfg, tmp_path):
+    """The online kNN monitor of mae_b16_1600 (defaults: every 10 epochs and the last, 10,000 train +
+    2,000 val images): the encoder's forward on every image of every check, plus the kNN's similarities."""
+    job = next(j for j in paper_plan["jobs"] if j["job"] == "monitor" and j["run"] == "mae_b16_1600")
+    checks = len(range(10, 1601, 10))                                    # 160: epoch 1600 is a multiple of 10
+    assert job["images"] == checks * (10_000 + 2_000) == 1_920_000
+    block = lambda n, d: 24 * d * d * n + 4 * n * n * d
+    forward = 2 * 196 * (3 * 16 * 16) * 768 + 12 * block(197, 768)     # ViT-B/16 on all 196 patches + cls
+    assert job["gflop_per_image"] == pytest.approx(forward / 1e9, rel=1e-12)
+    knn = checks * 2 * 10_000 * 2_000 * 768                              # [2k x 768] @ [768 x 10k] per check
+    assert job["gflop"] == pytest.approx((job["images"] * forward + knn) / 1e9, rel=1e-12)
+    assert job["gpu_hours"] == pytest.approx(job["images"] / (0.30 * H100 / forward) / 3600, rel=1e-12)
+    assert {j["run"] for j in paper_plan["jobs"] if j["job"] == "monitor"} == \
+        {j["run"] for j in paper_plan["jobs"] if j["job"] == "pretrain"}
+    off = plan_study({**paper_cfg, "monitor": {"every_epochs": 0}}, results_dir=tmp_path, samples=IMAGENET)
+    assert not any(j["job"] == "monitor" for j in off["jobs"])
+
+
 def test_paper_plan_lists_every_job(paper_plan, paper_cfg):
     cfg = paper_cfg
     jobs = {(j["job"], j["run"]) for j in paper_plan["jobs"]}

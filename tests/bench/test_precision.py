@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cmim.train import precision
-from cmim.train.engine import autocast_dtype
+from cmim.train.precision import autocast_dtype
 
 CPU = torch.device("cpu")
 

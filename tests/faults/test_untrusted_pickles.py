@@ -87,7 +87,7 @@ def test_a_damaged_file_is_not_called_unsafe(tmp_path):
 
 def test_a_real_resume_state_loads_with_exactly_numpys_rng_types(tmp_path):
     from cmim.train.checkpoint import RESUME_GLOBALS, read_resume_state
-    from cmim.train.engine import rng_state
+    from cmim.train.rng import rng_state
 
     path = tmp_path / "step-000000003.pt"
     io.torch_save({"step": 3, "epoch": 0, "step_in_epoch": 3, "rng": rng_state(), "model": {"w": torch.ones(2)},

@@ -75,17 +75,24 @@ SHOWN_IMAGE = ("(() => [...document.querySelectorAll('img')].some(i => i.src.sta
                "&& i.complete && i.naturalWidth > 100))()")
 
 
+def shown_image(path: str) -> str:
+    """This figure's own PNG is in the page, loaded (not merely some image)."""
+    return (f"(() => [...document.querySelectorAll('img')].some(i => i.src === results['{path}'].data_uri "
+            f"&& i.complete && i.naturalWidth > 100))()")
+
+
 @pytest.mark.skipif(find_chromium() is None, reason="chromium is not installed (Debian: apt-get install chromium; "
                                                     "scripts/setup.sh --test does it as root)")
-def test_report_opens_in_headless_chromium_without_console_errors(tmp_path):
+def test_report_opens_in_headless_chromium_without_console_errors(tmp_path, fmnist_shards):
     """A finished workflow directory made by hand (result files as the evaluations write them): the
     report rules render from it (no other rule may run), `snakemake --report` builds the page, one
     changed result reruns only the table and figure that show it, and Chromium opens the page, shows
-    its tables and figures, and logs no error."""
+    its tables and figures (the attention and feature maps among them), and logs no error."""
     F.write_study(tmp_path)
-    raw = F.study_raw()      # two tables and two figures keep the test short; test_report_figures renders all
+    raw = F.study_raw()      # two tables and four figures keep the test short; test_report_figures renders all
     raw["tables"] = {k: raw["tables"][k] for k in ("can-abstract", "compute")}
     raw["figures"] = {k: raw["figures"][k] for k in ("can-epochs", "reconstructions")}
+    raw["figures"].update(F.write_encoder_views(tmp_path, fmnist_shards["val"]))
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     cfg = validate(raw)
     rules = [targets.rule_name("table", t) for t in targets.table_ids(cfg)] + \
@@ -128,7 +135,9 @@ def test_report_opens_in_headless_chromium_without_console_errors(tmp_path):
         assert '<td class="holds">holds at our setting</td>' in info["results/tables/can-abstract.html"]["body"]
 
         for path, shown in (("results/tables/can-abstract.html", SHOWN_IFRAME),
-                            ("results/figures/can-epochs.png", SHOWN_IMAGE)):
+                            ("results/figures/can-epochs.png", SHOWN_IMAGE),
+                            ("results/figures/attention_maps.png", shown_image("results/figures/attention_maps.png")),
+                            ("results/figures/feature_maps.png", shown_image("results/figures/feature_maps.png"))):
             kind = "html" if path.endswith(".html") else "img"
             browser.evaluate(f"app.setView({{content: '{kind}', contentPath: results['{path}'].data_uri, "
                              f"resultPath: '{path}'}}); true")

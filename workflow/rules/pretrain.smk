@@ -1,7 +1,8 @@
 # Pretraining: resolve each run's config, then train it on the configured launcher.
 # The resolved config is an input of everything downstream of the run, so changing one
 # hyper-parameter re-runs exactly that run and what depends on it. Where and how fast it trains
-# (the launch block) reaches the job through $CMIM_LAUNCH (see the Snakefile), never as a param.
+# (the launch block) reaches the job through $CMIM_LAUNCH (see the Snakefile), never as a param;
+# so does the online kNN monitor's block ($CMIM_MONITOR), which scores on the val split given here.
 
 
 rule run_config:
@@ -33,8 +34,7 @@ rule pretrain:
     wildcard_constraints:
         run=W.alternation(W.trained_runs(CFG)),
     input:
-        run_config=rules.run_config.output[0],
-        manifest=lambda w: W.train_manifest(CFG, w.run),
+        unpack(lambda w: W.pretrain_inputs(CFG, w.run)),
     output:
         checkpoint=str(P.run_files("{run}").checkpoint),
         summary=str(P.run_files("{run}").summary),
@@ -42,6 +42,7 @@ rule pretrain:
         reconstructions=str(P.run_files("{run}").reconstructions),
     params:
         out_dir=lambda w: str(P.run_files(w.run).root),
+        monitor=lambda w, input: W.monitor_args(input),
     threads: W.pretrain_threads(CFG)
     resources:
         **W.pretrain_resources(CFG),
@@ -50,7 +51,7 @@ rule pretrain:
     conda:
         "../../envs/cmim.yaml"
     shell:
-        "python -m cmim pretrain --run-config {input.run_config} --manifest {input.manifest} "
+        "python -m cmim pretrain --run-config {input.run_config} --manifest {input.manifest} {params.monitor} "
         "--out {params.out_dir} > {log} 2>&1"
 
 

@@ -38,7 +38,7 @@ def loss_curves(metrics_paths: list[Path], out_png: Path) -> None:
                              squeeze=False)
     for ax, (name, rows) in zip(axes.flat, series):
         steps = [r["step"] for r in rows]
-        terms = [k for k in rows[0] if k not in ("step", "epoch", "lr", "img_per_s", "data_wait")]
+        terms = [k for k in rows[0] if k not in ("step", "epoch", "lr", "img_per_s", "data_wait", "memory_gb")]
         for term in sorted(terms, key=lambda t: t != "total"):
             ax.plot(steps, [r[term] for r in rows], label=term, lw=2 if term == "total" else 1)
         ax.set_title(name)

@@ -280,8 +280,23 @@ def throughput_figure(plan: dict, out_png: Path) -> None:
     _save(fig, out_png)
 
 
+def attention_figure(plan: dict, out_png: Path) -> None:
+    """cmim.report.attention_maps (torch: imported only for this figure)."""
+    from cmim.report.attention_maps import attention_figure as draw
+
+    draw(plan, out_png)
+
+
+def feature_map_figure(plan: dict, out_png: Path) -> None:
+    """cmim.report.feature_maps (torch and scikit-learn: imported only for this figure)."""
+    from cmim.report.feature_maps import feature_map_figure as draw
+
+    draw(plan, out_png)
+
+
 DRAW = {"epochs": epochs_figure, "partial": partial_figure, "size": size_figure, "ablation": ablation_figure,
-        "reconstructions": reconstructions_figure, "compute": throughput_figure}
+        "reconstructions": reconstructions_figure, "compute": throughput_figure, "attention": attention_figure,
+        "feature_map": feature_map_figure}
 
 
 def render(plan: dict, out_png: Path) -> None:

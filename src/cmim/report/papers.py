@@ -15,7 +15,7 @@ import yaml
 NOT_FOUND = "not found"   # the paper has a number, no source we could read gives it
 DASH = "—"                # the paper prints a dash: there is no number
 TABLE_KINDS = ("results", "ablation", "reference", "compute")
-FIGURE_KINDS = ("epochs", "partial", "size", "ablation", "reconstructions", "compute")
+FIGURE_KINDS = ("epochs", "partial", "size", "ablation", "reconstructions", "compute", "attention", "feature_map")
 SETTING_KEYS = ("dataset", "arch", "epochs", "protocol")
 # Our tasks a column can read ("pretrain" = the run's summary.json, e.g. total_flops).
 COLUMN_TASKS = ("linear_probe", "knn", "finetune", "partial_finetune", "ade20k", "coco", "pretrain")

@@ -111,7 +111,8 @@ def _check_figure(cfg: dict, fid: str, spec: dict) -> list[str]:
     kind = fig["kind"]
     allowed = {"epochs": {"series", "task", "metric"}, "partial": {"series", "metric"},
                "size": {"series", "task", "metric"}, "ablation": {"column"},
-               "reconstructions": {"runs"}, "compute": {"runs"}}[kind]
+               "reconstructions": {"runs"}, "compute": {"runs"}, "attention": {"runs", "images"},
+               "feature_map": {"runs", "points", "classes"}}[kind]
     problems = [f"{where}.{key}: a {kind} figure takes {sorted(allowed)}" for key in spec if key not in allowed]
     for label, groups in spec.get("series", {}).items():
         problems += _check_runs(cfg, f"{where}.series.{label}", as_list(groups))

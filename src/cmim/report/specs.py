@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from cmim import paths
 from cmim.datasets import splits
-from cmim.report import papers, settings
+from cmim.report import papers, settings, view_specs
 from cmim.study import (
     ARCHS,
     DENSE_TASKS,
@@ -254,6 +254,10 @@ def figure_plan(cfg: dict, fid: str) -> dict:
         else:
             runs = [m for g in selection for m in members(cfg, g)] if selection != "all" else list(cfg["runs"])
         plan.update(files={r: str(paths.run_files(r).reconstructions) for r in runs})
+    elif kind in view_specs.KINDS:    # one run per run group: its first seed
+        groups = cfg["run_groups"] if spec.get("runs", "all") == "all" else spec["runs"]
+        plan.update(view_specs.plan(cfg, kind, spec, {members(cfg, g)[0]: resolved(cfg, members(cfg, g)[0])
+                                                        for g in groups}))
     else:  # compute
         plan.update(_compute_inputs(cfg, spec.get("runs", "all"), manifests=False))
     return plan
@@ -286,4 +290,6 @@ def plan_inputs(plan: dict) -> list[str]:
             add(plan_inputs(t))
     elif kind == "reconstructions":
         add(plan["files"].values())
+    elif kind in view_specs.KINDS:
+        add(view_specs.inputs(plan))
     return out

@@ -25,7 +25,8 @@ def build_task(job: dict) -> TrainTask:
     if kind == "pretrain":
         from cmim.tasks.pretrain import PretrainTask
 
-        return PretrainTask(yaml.safe_load(Path(job["run_config"]).read_text()), job["manifest"])
+        return PretrainTask(yaml.safe_load(Path(job["run_config"]).read_text()), job["manifest"],
+                            monitor=job.get("monitor"))
     if kind == "finetune":
         from cmim.tasks.finetune import FinetuneTask
 

@@ -2,7 +2,8 @@
 
 The method is the model (its forward returns every loss term); the data are the method's views
 (`view_spec`) from the shard loader; the outputs are the encoder alone: at each epoch listed in
-`checkpoint_epochs` (for the accuracy-vs-epochs figure) and at the end (`checkpoint.pt`).
+`checkpoint_epochs` (for the accuracy-vs-epochs figure) and at the end (`checkpoint.pt`). Every
+`monitor.every_epochs` epochs the online kNN monitor (cmim.tasks.monitor) scores the encoder.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from cmim.train.task import Context, TrainTask
 class PretrainTask(TrainTask):
     name = "pretrain"
 
-    def __init__(self, run: dict, manifest: str | Path) -> None:
+    def __init__(self, run: dict, manifest: str | Path, monitor: dict | None = None) -> None:
         from cmim.methods import build_method
+        from cmim.tasks.monitor import KnnMonitor, MonitorJob
 
         if run["method"] in BASELINE_METHODS:
             raise ValueError(f"run {run['run']}: {run['method']} is a baseline, nothing to train (write_baseline)")
@@ -33,6 +35,8 @@ class PretrainTask(TrainTask):
         self.options = LoopOptions.of_run(run)
         torch.manual_seed(run["seed"])  # same initial weights on every rank
         self.model = build_method(run)
+        job = MonitorJob.from_block(monitor)
+        self.monitor = KnnMonitor(run, self.manifest_path, job) if job else None
 
     def identity(self) -> dict:
         return self.run  # the resolved run: everything that decides the weights
@@ -70,10 +74,12 @@ class PretrainTask(TrainTask):
         return {"run": self.run["run"], "method": self.run["method"], "epoch": epoch, "step": step,
                 "config_hash": ckpt_hash(self.run), "probe_feature": self.run["probe_feature"]}
 
-    def epoch_end(self, ctx: Context, epoch: int, step: int) -> None:
+    def epoch_end(self, ctx: Context, epoch: int, step: int) -> dict | None:
         if epoch in self.options.checkpoint_epochs and ctx.env.is_main:
             ckpt.export_encoder(ctx.files.resume_epoch_checkpoint(epoch), self.model.encoder, self.run["encoder"],
                                 **self.meta(epoch, step))
+        if self.monitor is not None and self.monitor.due(ctx, epoch):
+            return self.monitor(ctx, self.model.encoder, epoch)
         return None
 
     def export(self, ctx: Context, step: int) -> None:

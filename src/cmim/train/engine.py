@@ -1,9 +1,9 @@
 """The one training loop: every trained job (pretraining, finetuning, segmentation, detection).
 
 AdamW groups (with per-group lr scales: layer decay), warmup + cosine / poly / step schedules,
-accumulation, autocast, DDP, resumable checkpoints, a NaN guard, progress lines, metrics.jsonl and
-summary.json are here once; a task (cmim.train.task.TrainTask) supplies its model, data, outputs
-and score.
+accumulation, autocast, DDP, resumable checkpoints, a NaN guard, progress lines, metrics.jsonl (and
+its TensorBoard mirror, cmim.train.board) and summary.json are here once; a task
+(cmim.train.task.TrainTask) supplies its model, data, outputs and score.
 
 A job is a pure function of its task's identity and seed: every step reseeds torch from
 (seed, step, micro-step, rank) and the data stream of epoch e depends only on (seed, e), so a job
@@ -16,13 +16,11 @@ import contextlib
 import errno
 import fcntl
 import os
-import random
 import resource
 import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -30,32 +28,14 @@ from cmim import io
 from cmim.errors import NonFiniteLoss, RunLocked
 from cmim.paths import RunFiles
 from cmim.study import config_hash
+from cmim.train import board, distributed, flops, progress
 from cmim.train import checkpoint as ckpt
-from cmim.train import distributed, flops, progress
 from cmim.train.precision import choose as precision_choice
+from cmim.train.rng import rng_state, seed_everything, set_rng_state, step_seed
 from cmim.train.signals import StopFlags
 from cmim.train.task import Context, Plan, TrainTask
 
 INPUT_BOUND = 0.25   # a logging window that waits this share of its time on the loader is input-bound
-
-
-def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
-    """Seed of one forward: all randomness in a step (masks, noise, augmentations) comes from it."""
-    return (seed * 1_000_003 + step * 1009 + micro * 101 + rank) % (2**63 - 1)
-
-
-def seed_everything(seed: int) -> None:
-    """torch, numpy's and Python's global generators from one seed: timm's Mixup draws from numpy and
-    its random erasing from Python, so a step must fix all three to be reproducible after a resume."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
-def autocast_dtype(precision: str, device: torch.device, width: int | None = None) -> torch.dtype | None:
-    """The autocast dtype of a `precision` key (None = fp32): auto = bf16 on GPUs and, on CPUs with
-    native bf16 (AVX512_BF16 / AMX), for encoders of width >= 384; fp32 elsewhere (cmim.train.precision)."""
-    return precision_choice(precision, device, width)[0]
 
 
 @contextlib.contextmanager
@@ -85,19 +65,6 @@ def resume_position(state: dict, plan: Plan) -> str:
     if in_epoch == 0 and epoch > 0:
         return f"step {step}, end of epoch {epoch}/{plan.epochs}"
     return f"step {step}, epoch {epoch + 1}/{plan.epochs}, {in_epoch} of its {plan.steps_per_epoch} steps done"
-
-
-def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -132,8 +99,9 @@ class Trainer:
     """One rank's share of one training job. `fit()` resumes from the newest state and runs to the end."""
 
     def __init__(self, task: TrainTask, files: RunFiles, env: distributed.DistEnv, *, num_workers: int = 0,
-                 log=print) -> None:
+                 log=print, wandb: str | None = None) -> None:
         self.task, self.files, self.env, self.log = task, files, env, log
+        self.wandb, self.board = wandb, board.NULL   # W&B project (launch.wandb); rank 0's board opens in _fit
         self.opts = task.options
         self.hash = config_hash(task.identity())
         self.amp, self.precision_reason = precision_choice(self.opts.precision, env.device, task.encoder_width())
@@ -225,7 +193,10 @@ class Trainer:
         plan = self.prepare()
         lock = run_lock(self.files.root) if self.env.is_main else contextlib.nullcontext()
         with lock:
-            return self._fit(plan)
+            try:
+                return self._fit(plan)
+            finally:
+                self.board.close()
 
     def _resume(self, plan: Plan) -> tuple[int, int, int, dict | None, Path | None]:
         """Clean up after killed writes, then load the newest good state (all ranks read the same file)."""
@@ -257,6 +228,8 @@ class Trainer:
         if env.is_main:
             files.resume.mkdir(parents=True, exist_ok=True)
             progress.truncate_jsonl(files.resume_metrics, step, log=self.log)
+            self.board = board.Board.open(files.events, step, task.identity(), name=task.describe(), wandb=self.wandb,
+                                          log=self.log)
             self.log(f"[{task.describe()}] on {env.world_size} rank(s), {env.device}; {plan.steps_per_epoch} "
                      f"steps/epoch x {plan.epochs} epochs = {plan.total_steps} steps, batch {opts.batch_size} "
                      f"(micro {plan.micro_batch} x accum {opts.accum_steps}), lr {plan.peak_lr:.3e} "
@@ -322,12 +295,18 @@ class Trainer:
         if metrics and self.env.is_main:
             self.log(f"[{self.task.describe()}] epoch {epoch} eval: "
                      + " ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)))
-            progress.append_jsonl(self.files.resume_metrics, {"step": step, "epoch": epoch, "eval": metrics})
+            self._record({"step": step, "epoch": epoch, "eval": metrics})
+
+    def _record(self, row: dict) -> None:
+        """One metrics row (rank 0): appended to metrics.jsonl, then mirrored on the board."""
+        progress.append_jsonl(self.files.resume_metrics, row)
+        self.board.row(row)
 
     def _save(self, step: int, epoch: int, step_in_epoch: int, meter: progress.RunMeter, last_saved) -> Path | None:
         path = None
         if self.env.is_main:
             try:
+                self.board.flush()   # every event up to this state is on disk before the state is
                 path = ckpt.save_resume(self.files.resume, self._state(step, epoch, step_in_epoch, meter))
             except OSError as e:
                 raise _write_error(ckpt.resume_file(self.files.resume, step), e, last_saved) from e
@@ -350,8 +329,8 @@ class Trainer:
         eta = (plan.total_steps - step) * self.opts.batch_size / max(meter.session_rate(), 1e-9)
         self.log(progress.progress_line(self.task.describe(), epoch, plan.epochs, step, plan.total_steps, terms, lr,
                                         img_s, eta))
-        progress.append_jsonl(self.files.resume_metrics, {"step": step, "epoch": epoch + 1, "lr": lr,
-                                                          "img_per_s": img_s, "data_wait": round(waiting, 4), **terms})
+        self._record({"step": step, "epoch": epoch + 1, "lr": lr, "img_per_s": img_s, "data_wait": round(waiting, 4),
+                      "memory_gb": round(peak_memory_gb(self.env.device), 3), **terms})
 
     def _summary(self, plan: Plan, step: int, meter: progress.RunMeter, resumed_from) -> dict:
         env, opts = self.env, self.opts
@@ -387,6 +366,7 @@ class Trainer:
         final = task.evaluate(ctx)
         if final:
             summary["final"] = final
+            self.board.row({"step": step, "final": final})
         if env.is_main:
             io.write_json(files.summary, summary)
             task.write_result(ctx, summary, final)  # last: the rule's outputs are complete now

@@ -235,3 +235,15 @@ def classifier_flops(spec: dict, num_classes: int, blocks: int | None = None, im
         return encoder_flops(spec) + head
     frozen = (patch_embed(_num_patches(spec), spec["patch_size"], d) + (depth - blocks) * vit_block(tokens, d)).frozen()
     return frozen + blocks * vit_block(tokens, d) + head
+
+
+def vitdet_backbone_forward(spec: dict, crop: int, window: int | None, global_blocks: int) -> float:
+    """ViTDet backbone forward FLOPs per image at `crop` px: dense 24 d^2 n per block; attention 4 n^2 d
+    on global blocks and 4 n w^2 d on window blocks (w = window x window tokens)."""
+    d, depth, p = spec["embed_dim"], spec["depth"], spec["patch_size"]
+    n = (crop // p) ** 2
+    f = patch_embed(n, p, d).forward()
+    for i in range(depth):
+        is_global = window is None or i >= depth - global_blocks or (i + 1) % (depth // global_blocks) == 0
+        f += 24 * d * d * n + (4 * n * n * d if is_global else 4 * n * window * window * d)
+    return f

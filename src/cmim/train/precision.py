@@ -91,3 +91,9 @@ def choose(precision: str, device: torch.device, width: int | None = None) -> tu
 def auto_dtype(device: torch.device, width: int | None = None) -> torch.dtype | None:
     """The autocast dtype of `precision: auto` (None = fp32, no autocast)."""
     return choose("auto", device, width)[0]
+
+
+def autocast_dtype(precision: str, device: torch.device, width: int | None = None) -> torch.dtype | None:
+    """The autocast dtype of a `precision` key (None = fp32): auto = bf16 on GPUs and, on CPUs with
+    native bf16 (AVX512_BF16 / AMX), for encoders of width >= 384; fp32 elsewhere."""
+    return choose(precision, device, width)[0]
