@@ -16,6 +16,8 @@ def add_bench_parser(sub) -> None:
                         "(regional = every timm Block compiled)")
     s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="cmim's precision key; the reference uses the dtype it resolves to")
+    s.add_argument("--batch", type=int, default=None,
+                   help="images per step (default: the size's; e.g. --size paper --batch 8 on a CPU)")
     s.add_argument("--steps", type=int, default=None, help="timed steps (default: the size's)")
     s.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: the size's)")
     s.add_argument("--repeats", type=int, default=1,

@@ -14,6 +14,7 @@ One JSON file per invocation under benchmarks/results/.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import gc
 import itertools
@@ -289,6 +290,8 @@ def _main(args) -> int:
         dynamo.config.automatic_dynamic_shapes = False
         dynamo.config.cache_size_limit = 64
     s = size(args.size)
+    if getattr(args, "batch", None):
+        s = dataclasses.replace(s, batch=args.batch)
     if args.clock == "cpu" and (device.type != "cpu" or torch.get_num_threads() != 1):
         raise ValueError("--clock cpu times one CPU thread's work: use it with --device cpu --threads 1")
     names = args.steps_to_run or list(STEPS)

@@ -26,11 +26,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cmim import io
 from cmim.errors import NonFiniteLoss, RunLocked
+from cmim.models.kernels import set_fused_attention
 from cmim.paths import RunFiles
 from cmim.study import config_hash
 from cmim.train import board, distributed, flops, progress
 from cmim.train import checkpoint as ckpt
 from cmim.train.precision import choose as precision_choice
+from cmim.train.precision import fused_attention
 from cmim.train.rng import rng_state, seed_everything, set_rng_state, step_seed
 from cmim.train.signals import StopFlags
 from cmim.train.task import Context, Plan, TrainTask
@@ -104,7 +106,11 @@ class Trainer:
         self.wandb, self.board = wandb, board.NULL   # W&B project (launch.wandb); rank 0's board opens in _fit
         self.opts = task.options
         self.hash = config_hash(task.identity())
-        self.amp, self.precision_reason = precision_choice(self.opts.precision, env.device, task.encoder_width())
+        self.amp, self.precision_reason = precision_choice(self.opts.precision, env.device)
+        fused, why = fused_attention(env.device, self.amp)
+        if not fused:
+            set_fused_attention(task.model, False)
+            self.precision_reason += f"; {why}"
         self.ctx = Context(env=env, files=files, num_workers=num_workers, log=log, amp=self.amp)
         self.data_wait = 0.0                  # seconds spent waiting for the loader (input-bound warning)
         self._warned_input_bound = False
@@ -122,8 +128,9 @@ class Trainer:
         else:
             model = task.model
         self.model = compile_model(model, self.opts.compile)
+        # fused: one kernel over all parameters instead of a loop of per-tensor ops, on CPUs too
         self.optimizer = torch.optim.AdamW(task.parameter_groups(), lr=plan.peak_lr, betas=tuple(self.opts.betas),
-                                           fused=env.device.type == "cuda")
+                                           fused=env.device.type in ("cuda", "cpu"))
         self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
 
     def _state(self, step: int, epoch: int, step_in_epoch: int, meter: progress.RunMeter) -> dict:

@@ -1,14 +1,16 @@
 """What `precision: auto` means on each device: bf16 where it is faster, else fp32, and why.
 
-GPUs: bf16 (every GPU cmim targets has bf16 tensor cores; no GradScaler needed). CPUs without native
-bf16 (AVX2 only): fp32, since torch emulates bf16 there and a bf16 autocast step runs ~10x *slower*.
-CPUs with native bf16 (AVX512_BF16 or AMX): a bf16 matmul runs at ~4.6x its fp32 rate (835 vs 180
-GFLOP/s measured on such a Xeon), but a narrow model is bound by per-op overhead, not matmuls, and
-the casts autocast adds make it slower: measured on a 2-core Xeon with AMX by `cmim bench` (one thread,
-issue figures), bf16 / fp32 was 0.80 (MAE), 0.90 (CAN) and 0.63 (finetune) on the demo's width-128
-ViT, and 1.86 on ViT-B/16 (width 768). The rule derived from these figures: bf16 from width 384
-(ViT-S) on; between 128 and 768 it is unmeasured, and 384 is where the matmuls of a ViT block pass
-the per-op costs in the analytic model (cmim.train.flops) at the batch sizes cmim runs.
+A rule derived from `cmim bench` figures (benchmarks/README.md), not a per-job measurement:
+- GPUs: bf16 (every GPU cmim targets has bf16 tensor cores; no GradScaler needed).
+- CPUs without native bf16 (AVX2 only): fp32, since torch emulates bf16 there and a bf16 autocast
+  step runs ~10x *slower*.
+- CPUs with native bf16 (AVX512_BF16 or AMX): bf16, with timm's explicit attention path instead of
+  SDPA (`fused_attention` below; cmim.models.kernels). Measured on a 2-core AMD EPYC with AVX512_BF16
+  (no AMX), one thread, bf16 / fp32 of cmim's step: 1.72 (MAE), 1.87 (CAN) and 2.10 (finetune) on the
+  demo's width-128 ViT, 1.66 (ADE20K UperNet) and 1.62 (COCO Mask R-CNN) on the demo scenes, and
+  1.9 on ViT-B/16 (MAE). An earlier rule kept fp32 below width 384 because bf16 had measured
+  0.63-0.90x fp32 at width 128 on a Xeon with AMX; those steps ran SDPA's CPU flash kernel, which
+  under bf16 is 3.4-8.3x slower than the explicit path. The AMX machine has not been measured since.
 
 Detection: torch's own CPU feature probes (torch.cpu._is_avx512_bf16_supported /
 _is_amx_tile_supported) when this torch has them, else the `flags` line of /proc/cpuinfo. A cap on
@@ -69,31 +71,37 @@ def cpu_has_native_bf16() -> bool:
     return bool(NATIVE_BF16_FLAGS & cpuinfo_flags())
 
 
-BF16_MIN_WIDTH = 384   # native-bf16 CPUs: autocast from this encoder width on (module docstring)
 EXPLICIT = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def choose(precision: str, device: torch.device, width: int | None = None) -> tuple[torch.dtype | None, str]:
+def choose(precision: str, device: torch.device) -> tuple[torch.dtype | None, str]:
     """(the autocast dtype, None = fp32; the reason, for the job's log and summary.json) of a `precision`
-    key on `device` for a model of encoder width `width` (None: not known, decided by the device)."""
+    key on `device`."""
     if precision != "auto":
         return EXPLICIT[precision], f"precision: {precision} (set in the config)"
     if device.type == "cuda":
         return torch.bfloat16, "auto: bf16 on a GPU (bf16 tensor cores)"
     if not cpu_has_native_bf16():
         return None, "auto: fp32 (this CPU has no native bf16: torch would emulate it, ~10x slower)"
-    if width is not None and width < BF16_MIN_WIDTH:
-        return None, (f"auto: fp32 (native bf16 CPU, but a width-{width} encoder is bound by per-op costs: bf16 "
-                      f"measured 0.63-0.90x fp32 at width 128; bf16 from width {BF16_MIN_WIDTH})")
-    return torch.bfloat16, "auto: bf16 (native bf16 CPU; measured 1.86x fp32 at width 768)"
+    return torch.bfloat16, ("auto: bf16 (native bf16 CPU; with explicit attention measured 1.6-2.1x fp32 "
+                            "from the demo's width-128 ViT to ViT-B/16)")
 
 
-def auto_dtype(device: torch.device, width: int | None = None) -> torch.dtype | None:
+def auto_dtype(device: torch.device) -> torch.dtype | None:
     """The autocast dtype of `precision: auto` (None = fp32, no autocast)."""
-    return choose("auto", device, width)[0]
+    return choose("auto", device)[0]
 
 
-def autocast_dtype(precision: str, device: torch.device, width: int | None = None) -> torch.dtype | None:
-    """The autocast dtype of a `precision` key (None = fp32): auto = bf16 on GPUs and, on CPUs with
-    native bf16 (AVX512_BF16 / AMX), for encoders of width >= 384; fp32 elsewhere."""
-    return choose(precision, device, width)[0]
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a `precision` key (None = fp32): auto = bf16 on GPUs and on CPUs with
+    native bf16 (AVX512_BF16 / AMX), fp32 elsewhere."""
+    return choose(precision, device)[0]
+
+
+def fused_attention(device: torch.device, amp: torch.dtype | None) -> tuple[bool, str]:
+    """(whether timm's blocks should run SDPA, the reason): everywhere but bf16 autocast on a CPU, where
+    SDPA's CPU flash kernel measured 3.4-8.3x slower (forward + backward) than the explicit path at the
+    ViT-B/16 and demo shapes (cmim.models.kernels; benchmarks/README.md)."""
+    if device.type == "cpu" and amp == torch.bfloat16:
+        return False, "attention: explicit q k^T softmax (bf16 on a CPU: SDPA's flash kernel measured 3.4-8.3x slower)"
+    return True, "attention: SDPA"

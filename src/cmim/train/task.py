@@ -90,11 +90,6 @@ class TrainTask(abc.ABC):
         """The job's name in progress lines."""
         return self.name
 
-    def encoder_width(self) -> int | None:
-        """The encoder's width (precision: auto decides by it on CPUs with native bf16), if the job has one."""
-        run = getattr(self, "run", None)
-        return run["encoder"]["embed_dim"] if run and run.get("encoder") else None
-
     def summary_fields(self) -> dict:
         """Extra keys of summary.json (run id, method, ...)."""
         return {}
