@@ -1,7 +1,8 @@
 """The analytic FLOP model (cmim.train.flops) against torch's FlopCounterMode on real small steps,
 and against the team's ViT-B/16 numbers (notes/gpu-anchors.md section 3) by arithmetic.
 
-`Flops.counted()` books the backward as the counter does (attention 2.5x its forward, a matmul
+`Flops.counted()` books the backward as the counter does (SDPA 2.5x its forward, the explicit
+attention path 2x, a matmul
 whose input needs no gradient 1x); `Flops.train()` is the 3x-forward convention MFU uses. The
 counter also sees the Gaussian blur of the SimCLR views (a depthwise conv: ~0.1% of a CAN/SimCLR
 step at 32 px), which is augmentation, not model work: hence a tolerance rather than equality.
@@ -14,6 +15,7 @@ import torch
 
 from cmim.config import validate
 from cmim.methods import build_method
+from cmim.models.kernels import set_fused_attention
 from cmim.study import resolve_run
 from cmim.train import flops
 
@@ -46,21 +48,39 @@ def counted_step(model, batch: dict) -> float:
     return counter.get_total_flops() / len(batch["images"])
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["sdpa", "explicit"])
+def test_attention_booking_follows_the_kernel(fused):
+    """MAE's step has no augmentation in the model: the count is exact, and the wrong kernel's booking
+    is off by half the attention FLOPs."""
+    run = small_run("mae", DECODER)
+    torch.manual_seed(0)
+    model = build_method(run)
+    set_fused_attention(model, fused)
+    images = torch.randint(0, 256, (BATCH, 1, 3, 32, 32), dtype=torch.uint8)
+    got = counted_step(model, {"images": images, "labels": torch.zeros(BATCH, dtype=torch.long)})
+    analytic = flops.method_flops(run, negatives=BATCH)
+    assert analytic.counted(fused) == pytest.approx(got, rel=1e-9)
+    assert abs(analytic.counted(not fused) - got) == pytest.approx(0.5 * analytic.attention, rel=1e-9)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["sdpa", "explicit"])
 @pytest.mark.parametrize("method,options", CASES, ids=[f"{m}-{i}" for i, (m, _) in enumerate(CASES)])
-def test_method_flops_match_the_counter(method, options):
+def test_method_flops_match_the_counter(method, options, fused):
     run = small_run(method, options)
     torch.manual_seed(0)
     model = build_method(run)
+    assert set_fused_attention(model, fused) > 0
     view = model.view_spec()
     images = torch.randint(0, 256, (BATCH, view.num_views, 3, view.crop_size, view.crop_size), dtype=torch.uint8)
     got = counted_step(model, {"images": images, "labels": torch.zeros(BATCH, dtype=torch.long)})
     analytic = flops.method_flops(run, negatives=BATCH)
-    assert analytic.counted() == pytest.approx(got, rel=TOLERANCE)
+    assert analytic.counted(fused) == pytest.approx(got, rel=TOLERANCE)
     assert analytic.train() == pytest.approx(got, rel=0.05)       # the 3x convention, for scale
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["sdpa", "explicit"])
 @pytest.mark.parametrize("blocks", [None, 0, 1])
-def test_finetune_flops_match_the_counter(blocks):
+def test_finetune_flops_match_the_counter(blocks, fused):
     from cmim.models.vit import build_encoder
     from cmim.tasks.finetune import FinetuneModel, FinetuneOptions, build_classifier, freeze_all_but_last
 
@@ -71,10 +91,11 @@ def test_finetune_flops_match_the_counter(blocks):
     if blocks is not None:
         freeze_all_but_last(vit, blocks)
     model = FinetuneModel(vit, opts, 10, run["data"]["mean"], run["data"]["std"])
+    set_fused_attention(model, fused)
     batch = {"images": torch.randint(0, 256, (BATCH, 3, 32, 32), dtype=torch.uint8),
              "labels": torch.randint(0, 10, (BATCH,))}
     got = counted_step(model, batch)
-    assert flops.classifier_flops(run["encoder"], 10, blocks=blocks).counted() == pytest.approx(got, rel=TOLERANCE)
+    assert flops.classifier_flops(run["encoder"], 10, blocks=blocks).counted(fused) == pytest.approx(got, rel=TOLERANCE)
 
 
 def test_vit_b16_numbers_of_the_gpu_notes():

@@ -81,7 +81,7 @@ def test_this_machine_answers(monkeypatch):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_on_a_cpu_is_bf16_with_explicit_attention_only_where_bf16_is_native(detect, native):
-    """On native-bf16 CPUs bf16 measured 1.6-2.1x fp32 once attention leaves SDPA's CPU flash kernel;
+    """On native-bf16 CPUs bf16 measured 1.6-3.5x fp32 once attention leaves SDPA's CPU flash kernel;
     elsewhere bf16 is emulated. The reason names the choice; explicit keys are kept."""
     detect(native)
     dtype, reason = precision.choose("auto", CPU)

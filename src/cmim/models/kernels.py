@@ -3,7 +3,7 @@ timm's explicit path (q k^T -> softmax -> v, as two batched matmuls).
 
 Why a switch: SDPA is the fast path on GPUs (flash / memory-efficient kernels) and for fp32 on CPUs,
 but under bf16 autocast on a CPU its flash kernel is the slow one: forward + backward measured
-3.4-8.3x slower than the explicit path, whose matmuls then run as bf16 GEMMs and whose softmax
+2.7-9.6x slower than the explicit path, whose matmuls then run as bf16 GEMMs and whose softmax
 autocast keeps in fp32 (benchmarks/README.md). Both compute the same attention; only the kernel
 differs. timm reads the `fused_attn` attribute of each attention module at every forward, so the
 choice can be made after the model is built (cmim.train.precision decides it).

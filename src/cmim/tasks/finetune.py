@@ -186,9 +186,9 @@ class FinetuneTask(TransferTask):
     def identity_data(self) -> dict:
         return self.data
 
-    def analytic_flops_per_image(self, global_batch: int) -> float | None:
+    def analytic_flops_per_image(self, global_batch: int, fused_attention: bool = True) -> float | None:
         spec = self.run["encoder"]
-        return classifier_flops(spec, len(self.classes), self.blocks, self.data["image_size"]).counted()
+        return classifier_flops(spec, len(self.classes), self.blocks, self.data["image_size"]).counted(fused_attention)
 
     # ------------------------------------------------------------------ data
     def train_batches(self, ctx: Context, epoch: int, micro_batch: int, num_batches: int):

@@ -62,10 +62,10 @@ class PretrainTask(TrainTask):
                             num_batches=num_batches, epoch=epoch, seed=self.options.seed,
                             num_workers=ctx.num_workers)
 
-    def analytic_flops_per_image(self, global_batch: int) -> float | None:
+    def analytic_flops_per_image(self, global_batch: int, fused_attention: bool = True) -> float | None:
         from cmim.train.flops import method_flops
 
-        return method_flops(self.run, negatives=global_batch).counted()   # as FlopCounterMode would count
+        return method_flops(self.run, negatives=global_batch).counted(fused_attention)   # as FlopCounterMode counts
 
     def after_step(self, progress: float) -> None:
         self.model.after_step(progress)

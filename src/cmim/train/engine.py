@@ -108,6 +108,7 @@ class Trainer:
         self.hash = config_hash(task.identity())
         self.amp, self.precision_reason = precision_choice(self.opts.precision, env.device)
         fused, why = fused_attention(env.device, self.amp)
+        self.fused_attention = fused
         if not fused:
             set_fused_attention(task.model, False)
             self.precision_reason += f"; {why}"
@@ -249,7 +250,7 @@ class Trainer:
         last_saved = resumed_from
         count_flops = self.opts.compile == "off" and env.is_main
         if not count_flops and env.is_main and meter.flops_per_image is None:
-            meter.flops_per_image = task.analytic_flops_per_image(opts.batch_size)
+            meter.flops_per_image = task.analytic_flops_per_image(opts.batch_size, self.fused_attention)
         meter.start_session()
         try:
             while step < plan.total_steps:
@@ -275,7 +276,7 @@ class Trainer:
                     step += 1
                     step_in_epoch += 1
                     meter.add_images(opts.batch_size)
-                    window.add({k: float(v) for k, v in sums.items()}, opts.batch_size)
+                    window.add(sums, opts.batch_size)   # read at the log line, not every step
                     if step % opts.log_every_steps == 0 or step == plan.total_steps:
                         self._log_progress(window, step, epoch, lr, plan, meter)
                         window = progress.Meter()

@@ -65,8 +65,8 @@ def mfu(flops_per_image: float | None, images_per_s: float, device: torch.device
 # costs 3x its forward (backward = 2x) by convention (MFU); torch's FlopCounterMode books two things
 # differently, so `Flops.counted()` reproduces its number exactly and `Flops.train()` gives the
 # convention: a matmul whose input needs no gradient (the patch embedding of an image, the sigma
-# MLP's first layer, CMAE's q k^T against gradient-free keys) has a 1x backward, and the attention
-# backward is 5 matmuls, 2.5x its forward. Work without backward (the EMA target, frozen blocks) is 1x.
+# MLP's first layer, CMAE's q k^T against gradient-free keys) has a 1x backward, and SDPA's attention
+# backward is 5 matmuls, 2.5x its forward (the explicit path's: 2x). Work without backward (the EMA target, frozen blocks) is 1x.
 
 
 
@@ -99,9 +99,12 @@ class Flops:
         """FLOPs of one training step per image by the 3x convention (what MFU divides)."""
         return 3 * (self.dense + self.no_input_grad + self.attention) + self.forward_only
 
-    def counted(self) -> float:
-        """What torch.utils.flop_counter.FlopCounterMode counts for one forward + backward."""
-        return 3 * self.dense + 2 * self.no_input_grad + 3.5 * self.attention + self.forward_only
+    def counted(self, fused_attention: bool = True) -> float:
+        """What torch.utils.flop_counter.FlopCounterMode counts for one forward + backward. The counter
+        books SDPA's backward as 5 matmuls (2.5x its forward) but the explicit path's two batched
+        matmuls as 2 each (2x): which kernel ran (cmim.models.kernels) changes the count."""
+        attention = 3.5 if fused_attention else 3.0
+        return 3 * self.dense + 2 * self.no_input_grad + attention * self.attention + self.forward_only
 
 
 def linear(n: int, d_in: int, d_out: int) -> Flops:

@@ -6,11 +6,12 @@ A rule derived from `cmim bench` figures (benchmarks/README.md), not a per-job m
   step runs ~10x *slower*.
 - CPUs with native bf16 (AVX512_BF16 or AMX): bf16, with timm's explicit attention path instead of
   SDPA (`fused_attention` below; cmim.models.kernels). Measured on a 2-core AMD EPYC with AVX512_BF16
-  (no AMX), one thread, bf16 / fp32 of cmim's step: 1.72 (MAE), 1.87 (CAN) and 2.10 (finetune) on the
-  demo's width-128 ViT, 1.66 (ADE20K UperNet) and 1.62 (COCO Mask R-CNN) on the demo scenes, and
-  1.9 on ViT-B/16 (MAE). An earlier rule kept fp32 below width 384 because bf16 had measured
-  0.63-0.90x fp32 at width 128 on a Xeon with AMX; those steps ran SDPA's CPU flash kernel, which
-  under bf16 is 3.4-8.3x slower than the explicit path. The AMX machine has not been measured since.
+  (no AMX), one thread, bf16 / fp32 of cmim's step: 1.61 (MAE), 2.02 (CAN), 1.95 (CMAE), 2.06
+  (SimCLR) and 2.27 (finetune) on the demo's width-128 ViT; 1.66 (ADE20K UperNet) and 1.62 (COCO
+  Mask R-CNN) on the demo scenes; 3.06 (MAE) and 3.54 (finetune) on ViT-B/16. An earlier rule kept
+  fp32 below width 384 because bf16 had measured 0.63-0.90x fp32 at width 128 on a Xeon with AMX;
+  those steps ran SDPA's CPU flash kernel, which under bf16 is 2.7-9.6x slower than the explicit
+  path. The AMX machine has not been measured since.
 
 Detection: torch's own CPU feature probes (torch.cpu._is_avx512_bf16_supported /
 _is_amx_tile_supported) when this torch has them, else the `flags` line of /proc/cpuinfo. A cap on
@@ -83,7 +84,7 @@ def choose(precision: str, device: torch.device) -> tuple[torch.dtype | None, st
         return torch.bfloat16, "auto: bf16 on a GPU (bf16 tensor cores)"
     if not cpu_has_native_bf16():
         return None, "auto: fp32 (this CPU has no native bf16: torch would emulate it, ~10x slower)"
-    return torch.bfloat16, ("auto: bf16 (native bf16 CPU; with explicit attention measured 1.6-2.1x fp32 "
+    return torch.bfloat16, ("auto: bf16 (native bf16 CPU; with explicit attention measured 1.6-3.5x fp32 "
                             "from the demo's width-128 ViT to ViT-B/16)")
 
 
@@ -100,8 +101,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def fused_attention(device: torch.device, amp: torch.dtype | None) -> tuple[bool, str]:
     """(whether timm's blocks should run SDPA, the reason): everywhere but bf16 autocast on a CPU, where
-    SDPA's CPU flash kernel measured 3.4-8.3x slower (forward + backward) than the explicit path at the
+    SDPA's CPU flash kernel measured 2.7-9.6x slower (forward + backward) than the explicit path at the
     ViT-B/16 and demo shapes (cmim.models.kernels; benchmarks/README.md)."""
     if device.type == "cpu" and amp == torch.bfloat16:
-        return False, "attention: explicit q k^T softmax (bf16 on a CPU: SDPA's flash kernel measured 3.4-8.3x slower)"
+        return False, "attention: explicit q k^T softmax (bf16 on a CPU: SDPA's flash kernel measured 2.7-9.6x slower)"
     return True, "attention: SDPA"

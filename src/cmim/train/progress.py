@@ -18,22 +18,25 @@ def format_eta(seconds: float) -> str:
 
 
 class Meter:
-    """Averages loss terms over a logging window and measures images/s over the same window."""
+    """Averages loss terms over a logging window and measures images/s over the same window.
+
+    Terms may be device tensors: they are summed where they are and read once, by `means()` at the
+    log line, so a GPU step is not made to wait for its loss values every step."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = defaultdict(float)
+        self.sums: dict = defaultdict(float)
         self.count = 0
         self.images = 0
         self.started = time.perf_counter()
 
-    def add(self, terms: dict[str, float], images: int) -> None:
+    def add(self, terms: dict, images: int) -> None:
         for k, v in terms.items():
-            self.sums[k] += v
+            self.sums[k] = self.sums[k] + v
         self.count += 1
         self.images += images
 
     def means(self) -> dict[str, float]:
-        return {k: v / max(1, self.count) for k, v in self.sums.items()}
+        return {k: float(v) / max(1, self.count) for k, v in self.sums.items()}
 
     def rate(self) -> float:
         return self.images / max(1e-9, time.perf_counter() - self.started)

@@ -115,9 +115,10 @@ class TrainTask(abc.ABC):
         """Images in one micro-batch (for images/s and FLOPs per image)."""
         return len(batch["images"])
 
-    def analytic_flops_per_image(self, global_batch: int) -> float | None:
+    def analytic_flops_per_image(self, global_batch: int, fused_attention: bool = True) -> float | None:
         """Training FLOPs per image from the analytic formulas (cmim.train.flops), for compiled steps,
-        which torch's FLOP counter cannot trace; None = not modelled (no FLOPs, no MFU reported)."""
+        which torch's FLOP counter cannot trace, booked as the counter would for the attention kernel
+        the step runs; None = not modelled (no FLOPs, no MFU reported)."""
         return None
 
     def after_step(self, progress: float) -> None:  # noqa: B027 (optional hook)
