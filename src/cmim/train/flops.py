@@ -66,7 +66,8 @@ def mfu(flops_per_image: float | None, images_per_s: float, device: torch.device
 # differently, so `Flops.counted()` reproduces its number exactly and `Flops.train()` gives the
 # convention: a matmul whose input needs no gradient (the patch embedding of an image, the sigma
 # MLP's first layer, CMAE's q k^T against gradient-free keys) has a 1x backward, and SDPA's attention
-# backward is 5 matmuls, 2.5x its forward (the explicit path's: 2x). Work without backward (the EMA target, frozen blocks) is 1x.
+# backward is 5 matmuls, 2.5x its forward (the explicit path's: 2x). Work without backward (the EMA
+# target, frozen blocks) is 1x.
 
 
 
