@@ -5,7 +5,7 @@ the image holds (edges, texture, smooth skies, chroma detail), and uniform noise
 compresses like no camera picture. Each image is a random crop of one of scikit-image's bundled
 photos (the package is already a dependency, for the demo scenes), resized to the requested size,
 with a per-channel gain, a faint texture and sensor-like noise, then encoded by PIL with a
-camera-like quality and 4:2:0 chroma subsampling, without EXIF. A pure function of its arguments.
+camera-like quality (85-95) and 4:2:0 chroma subsampling, without EXIF. A pure function of its arguments.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 SOURCES = ("astronaut", "coffee", "chelsea", "rocket", "cat", "hubble_deep_field", "immunohistochemistry",
-           "retina", "colorwheel")
+           "retina")
 TEXTURES = ("brick", "grass", "gravel")
 # ImageNet's most common shapes (its mean is about 400 x 350; 500 x 375 and 375 x 500 are the mode)
 IMAGENET_SIZES = ((500, 375), (375, 500), (500, 333), (333, 500), (500, 400), (400, 300), (640, 480), (500, 500))
@@ -36,9 +36,9 @@ def photo(width: int, height: int, seed: int, *, grey: bool = False) -> Image.Im
     rng = np.random.default_rng([seed, width, height, int(grey)])
     src = _source(SOURCES[int(rng.integers(len(SOURCES)))])
     sh, sw = src.shape[:2]
-    aspect = width / height                            # crop at the target's aspect, 35-100% of the side
-    side = rng.uniform(0.35, 1.0)
-    cw = max(8, min(sw, int(side * min(sw, sh * aspect))))
+    aspect = width / height                            # crop at the target's aspect, 1-2x its size where the
+    cw = min(int(width * rng.uniform(1.0, 2.0)), sw, int(sh * aspect))  # source allows: little up-sampling
+    cw = max(8, cw)
     ch = max(8, min(sh, int(cw / aspect)))
     top, left = int(rng.integers(0, sh - ch + 1)), int(rng.integers(0, sw - cw + 1))
     crop = Image.fromarray(src[top:top + ch, left:left + cw]).resize((width, height), Image.Resampling.BICUBIC)
@@ -49,16 +49,16 @@ def photo(width: int, height: int, seed: int, *, grey: bool = False) -> Image.Im
     texture = _source(TEXTURES[int(rng.integers(len(TEXTURES)))]).astype(np.float32)
     ty, tx = int(rng.integers(0, max(1, 512 - height))), int(rng.integers(0, max(1, 512 - width)))
     tile = np.resize(texture[ty:ty + height, tx:tx + width], (height, width))
-    pixels = pixels + rng.uniform(0.05, 0.2) * (tile[..., None] - tile.mean())
-    pixels = pixels + rng.normal(0.0, rng.uniform(1.0, 4.0), size=pixels.shape).astype(np.float32)
+    pixels = pixels + rng.uniform(0.1, 0.3) * (tile[..., None] - tile.mean())
+    pixels = pixels + rng.normal(0.0, rng.uniform(2.0, 5.0), size=pixels.shape).astype(np.float32)
     image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
     return image.convert("L") if grey else image
 
 
 def photo_jpeg(width: int, height: int, seed: int, *, grey: bool = False, quality: int | None = None) -> bytes:
-    """`photo` as JPEG bytes (quality 75-95 drawn from the seed unless given; 4:2:0; no EXIF)."""
+    """`photo` as JPEG bytes (quality 85-95 drawn from the seed unless given; 4:2:0; no EXIF)."""
     if quality is None:
-        quality = int(np.random.default_rng([seed, 99]).integers(75, 96))
+        quality = int(np.random.default_rng([seed, 99]).integers(85, 96))
     buf = io.BytesIO()
     photo(width, height, seed, grey=grey).save(buf, format="JPEG", quality=quality, subsampling="4:2:0")
     return buf.getvalue()
