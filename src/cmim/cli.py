@@ -218,7 +218,8 @@ def cmd_linear_probe(args) -> int:
     _cpu_job(args, [args.train_manifest, args.val_manifest] if opts.features != "cached" else [])
     frozen.linear_probe(_read_run(args.run_config), opts, _json(args.data), args.task, Path(args.out),
                         features_path=args.features, checkpoint=args.checkpoint, train_manifest=args.train_manifest,
-                        val_manifest=args.val_manifest, num_workers=_num_workers(args), log=log)
+                        val_manifest=args.val_manifest, num_workers=_num_workers(args),
+                        decode=launch_block(getattr(args, "launch", None))["decode"], log=log)
     return 0
 
 

@@ -195,10 +195,15 @@ def wait_for(job: submitit.Job, name: str, log=print) -> dict:
     return results[0]
 
 
+def _launch_fields(launch: dict) -> dict:
+    """What a job file takes from the launch block: how the job runs, never what it computes."""
+    return {"num_workers": default_num_workers(launch), "cpus_per_task": launch["cpus_per_task"],
+            "wandb": launch.get("wandb"), "decode": launch.get("decode", "auto")}
+
+
 def launch_job(job: dict, out_dir: Path, launch: dict, name: str, log=print) -> dict:
     """Write the job file, run the job on the configured launcher and wait for it."""
-    job = {**job, "num_workers": default_num_workers(launch), "cpus_per_task": launch["cpus_per_task"],
-           "wandb": launch.get("wandb")}
+    job = {**job, **_launch_fields(launch)}
     job_file = write_job(Path(out_dir), job)
     if launch["launcher"] == "inprocess":
         # The same callable, called here. Not through submitit's debug executor: that one opens
@@ -217,8 +222,7 @@ def pretrain_job(run_config: Path, manifest: Path, monitor: dict | None = None) 
 
 def submit_pretrain(run_config: Path, manifest: Path, out_dir: Path, launch: dict, run_id: str,
                     log=print, monitor: dict | None = None) -> submitit.Job:
-    job = {**pretrain_job(run_config, manifest, monitor), "num_workers": default_num_workers(launch),
-           "cpus_per_task": launch["cpus_per_task"], "wandb": launch.get("wandb")}
+    job = {**pretrain_job(run_config, manifest, monitor), **_launch_fields(launch)}
     return submit_job(write_job(Path(out_dir), job), launch, run_id, log)
 
 

@@ -280,6 +280,24 @@ def test_worker_processes_give_the_same_bytes(tmp_path, monkeypatch):
     assert one == two
 
 
+@pytest.mark.parametrize("offset", [-1, 0])
+def test_the_same_bytes_either_side_of_the_pool_threshold(tmp_path, monkeypatch, offset):
+    """A split one record short of POOL_MIN_RECORDS is sharded in this process, one of exactly that many
+    by worker processes: the shards (their sha256 in the manifest) are those of workers=1 either way."""
+    n = S.POOL_MIN_RECORDS + offset
+    make_imagefolder(tmp_path / "src", n_per_class=(n - 4) // 2, bad=True)   # 2 k good + 4 odd files
+    if (n - 4) % 2:
+        write(tmp_path / "src" / "train" / "dog" / "extra.png", encode(np.full((9, 11, 3), 70, np.uint8), "PNG"))
+    pools = []
+    real = S.multiprocessing.get_context
+    monkeypatch.setattr(S.multiprocessing, "get_context", lambda method: pools.append(method) or real(method))
+    one = run(tmp_path / "src", tmp_path / "one", workers=1, max_bad_fraction=0.5, shard_max_count=97)
+    assert pools == []
+    two = run(tmp_path / "src", tmp_path / "two", workers=2, max_bad_fraction=0.5, shard_max_count=97)
+    assert pools == (["forkserver"] if offset >= 0 else [])
+    assert one == two and one["num_samples"] + len(one["skipped"]) == n and len(one["shards"]) > 1
+
+
 # ----------------------------------------------------------------------------- issue 12: listing and edges
 
 

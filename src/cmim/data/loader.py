@@ -12,92 +12,30 @@ Every shard is read through cmim.data.manifest's checks (its manifest count, the
 
 from __future__ import annotations
 
-import io
-import math
+import functools
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
-from torchvision.transforms import InterpolationMode
 
+from cmim.data import device_decode
+from cmim.data.decode import decode_image, decode_pil, decode_tensor, random_crop_box, random_crops
 from cmim.data.manifest import checked_tar_samples, read_shards
 from cmim.data.views import ViewSpec
-from cmim.errors import DataError
 
-IMAGE_FIELDS = ("jpg", "jpeg", "png")
-_INTERP = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
 PIL_INTERP = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+DECODE_MODES = ("auto", "pil")  # how workers make the views (cmim.data.decode); launch.decode adds cuda
 
 
 # ----------------------------------------------------------------------------- per-sample work
 
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _decode_png_fast(data: bytes) -> Image.Image | None:
-    """8-bit grey / RGB PNGs (what the sharder stores) through OpenCV, about 10x cheaper than PIL on
-    small images and the same pixels (PNG is lossless); None for anything else (alpha, 16 bit):
-    PIL decodes those."""
-    import cv2
-
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if array is None or array.dtype != np.uint8:
-        return None
-    if array.ndim == 2:
-        return Image.fromarray(array).convert("RGB")
-    if array.shape[2] != 3:
-        return None
-    return Image.fromarray(array[:, :, ::-1])
-
-
-def decode_image(sample: dict) -> Image.Image:
-    for field in IMAGE_FIELDS:
-        if field in sample:
-            try:
-                data = sample[field]
-                if data[:8] == PNG_SIGNATURE:
-                    fast = _decode_png_fast(data)
-                    if fast is not None:
-                        return fast
-                with Image.open(io.BytesIO(data)) as im:
-                    return im.convert("RGB")
-            except Exception as e:
-                raise DataError(f"{sample.get('__url__', '?')}: sample {sample.get('__key__')}: "
-                                f"cannot decode {field}: {e}; the shard is corrupt, re-run sharding") from e
-    raise DataError(f"{sample.get('__url__', '?')}: sample {sample.get('__key__')} has no image field "
-                    f"({', '.join(IMAGE_FIELDS)}); fields: {sorted(k for k in sample if not k.startswith('__'))}")
-
-
 def label_of(sample: dict) -> int:
     return int(sample["cls"]) if "cls" in sample else -1
-
-
-def random_crop_box(width: int, height: int, view: ViewSpec, rng: np.random.Generator) -> tuple[int, int, int, int]:
-    """RandomResizedCrop's box (top, left, h, w): area and log-aspect uniform, 10 tries, then centre."""
-    area = width * height
-    log_ratio = (math.log(view.ratio[0]), math.log(view.ratio[1]))
-    for _ in range(10):
-        target = area * rng.uniform(*view.scale)
-        aspect = math.exp(rng.uniform(*log_ratio))
-        w = int(round(math.sqrt(target * aspect)))
-        h = int(round(math.sqrt(target / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(rng.integers(0, height - h + 1))
-            left = int(rng.integers(0, width - w + 1))
-            return top, left, h, w
-    in_ratio = width / height  # fallback: the largest centred box within the ratio range
-    if in_ratio < view.ratio[0]:
-        w, h = width, int(round(width / view.ratio[0]))
-    elif in_ratio > view.ratio[1]:
-        w, h = int(round(height * view.ratio[1])), height
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
 
 
 def pil_to_uint8(image: Image.Image) -> torch.Tensor:
@@ -164,10 +102,24 @@ def shuffle_samples(src: Iterator, bufsize: int, seed: int, epoch: int) -> Itera
     yield from buf
 
 
-def _train_transform(src: Iterator, view: ViewSpec, seed: int, epoch: int) -> Iterator:
-    rng = np.random.default_rng([s + 1 for s in worker_seed(seed, epoch)] + [7])
+def view_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The generator of this worker's crop boxes (the same in every decode mode)."""
+    return np.random.default_rng([s + 1 for s in worker_seed(seed, epoch)] + [7])
+
+
+def _train_transform(src: Iterator, view: ViewSpec, seed: int, epoch: int, decode: str) -> Iterator:
+    rng = view_rng(seed, epoch)
     for sample in src:
-        yield crop_views(decode_image(sample), view, rng), label_of(sample)
+        if decode == "pil":
+            yield crop_views(decode_pil(sample), view, rng), label_of(sample)
+        else:
+            yield random_crops(decode_tensor(sample), view, rng), label_of(sample)
+
+
+def _device_transform(src: Iterator, view: ViewSpec, seed: int, epoch: int) -> Iterator:
+    rng = view_rng(seed, epoch)
+    for sample in src:
+        yield device_decode.payload(sample, view, rng, label_of(sample))
 
 
 def _eval_transform(src: Iterator, view: ViewSpec) -> Iterator:
@@ -179,24 +131,35 @@ def _eval_transform(src: Iterator, view: ViewSpec) -> Iterator:
 
 
 def train_loader(manifest_path: str | Path, view: ViewSpec, *, batch_size: int, num_batches: int, epoch: int,
-                 seed: int, num_workers: int = 0, shuffle_buffer: int = 2000) -> wds.WebLoader:
+                 seed: int, num_workers: int = 0, shuffle_buffer: int = 2000, decode: str = "auto",
+                 decode_device: torch.device | None = None) -> Iterable[dict[str, torch.Tensor]]:
     """`num_batches` batches of `batch_size` (this rank's micro-batch) for one epoch of one rank.
 
     The stream depends only on (seed, epoch, rank, worker, num_workers), so rebuilding it after a
-    resume reproduces the same batches.
+    resume reproduces the same batches. `decode`: how the workers make the views, `auto` or `pil`
+    (cmim.data.decode; the same crop boxes either way). `decode_device`: the workers hand JPEG bytes
+    and boxes over and this process decodes them there (cmim.data.device_decode; None: the workers).
     """
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
     manifest, shards = read_shards(manifest_path)
     urls = list(shards)
+    if decode_device is None:
+        views, collation = wds.pipelinefilter(_train_transform)(view, seed, epoch, decode), collate
+    else:
+        views = wds.pipelinefilter(_device_transform)(view, seed, epoch)
+        collation = functools.partial(device_decode.collate_payloads, view=view)
     pipeline = wds.DataPipeline(
         wds.ResampledShards(urls, seed=seed * 100003 + epoch, deterministic=True),
         checked_tar_samples(shards),
         wds.pipelinefilter(shuffle_samples)(min(shuffle_buffer, manifest["num_samples"]), seed, epoch),
-        wds.pipelinefilter(_train_transform)(view, seed, epoch),
-        wds.batched(batch_size, collation_fn=collate, partial=False),
+        views,
+        wds.batched(batch_size, collation_fn=collation, partial=False),
     )
     loader = wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers,
                            persistent_workers=False, prefetch_factor=4 if num_workers else None)
-    return loader.with_epoch(num_batches)
+    loader = loader.with_epoch(num_batches)
+    return loader if decode_device is None else device_decode.DeviceViews(loader, view, decode_device)
 
 
 def eval_loader(manifest_path: str | Path, view: ViewSpec, *, batch_size: int, num_workers: int = 0,

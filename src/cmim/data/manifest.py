@@ -266,6 +266,10 @@ class _HashProgress:
 
     def done(self) -> None:
         before = f"; {self.skipped} verified before and unchanged" if self.skipped else ""
+        if not self.total_shards:
+            self.log(f"[verify] {self.folder}: nothing to hash{before} (checked in "
+                     f"{time.perf_counter() - self.started:.3f}s)")
+            return
         self.log(f"[verify] {self.folder}: {self.total_shards} shards, {self.total / 1e9:.2f} GB, sha256 ok in "
                  f"{time.perf_counter() - self.started:.1f}s ({self.rate() / 1e6:.0f} MB/s){before}")
 

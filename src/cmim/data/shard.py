@@ -35,7 +35,10 @@ from cmim.data.shard_writer import ShardWriter
 from cmim.data.sources import open_reader
 from cmim.errors import ShardingError
 
-POOL_MIN_RECORDS = 2000                   # below this, starting worker processes costs more than it saves
+# Below this many records one process shards faster than a pool: a forkserver pool takes ~0.15 s to its
+# first result, and ImageNet-sized JPEGs shard at ~1,000/s per core with ~80% of that in the workers'
+# part, so 2 free cores pay from ~480 records and 4-8 from ~300 (benchmarks/README.md, sharding).
+POOL_MIN_RECORDS = 500
 MANIFEST = "manifest.json"
 BAD_FILES = "bad_files.json"              # written next to the manifest when a split fails on bad files
 _SHOW = 10                                # bad / converted paths quoted in the log

@@ -84,7 +84,8 @@ def knn(run: dict, features_path: Path, opts: KnnOptions, task: str, out: Path, 
 
 
 def linear_probe(run: dict, opts: ProbeOptions, data: dict, task: str, out: Path, *, features_path=None,
-                 checkpoint=None, train_manifest=None, val_manifest=None, num_workers: int = 0, log=print) -> dict:
+                 checkpoint=None, train_manifest=None, val_manifest=None, num_workers: int = 0, decode: str = "auto",
+                 log=print) -> dict:
     """MAE's linear probe: on cached features (`features_path`) or augmented views through the frozen
     encoder of `checkpoint` (`train_manifest`, `val_manifest`); the result file `out`."""
     started = time.perf_counter()
@@ -100,7 +101,7 @@ def linear_probe(run: dict, opts: ProbeOptions, data: dict, task: str, out: Path
         feature = run["probe_feature"]
         ckpt_info = results.checkpoint_info(Path(checkpoint), ckpt, file_sha256(Path(checkpoint)))
         probe = LinearProbe(extractor, len(classes), opts, device(), data["image_size"], data["eval_crop_pct"],
-                            num_workers=num_workers, log=log)
+                            num_workers=num_workers, decode=decode, log=log)
         found = probe.run(train_manifest, val_manifest, read_manifest(train_manifest)["num_samples"])
     metrics = {k: found[k] for k in ("top1", "top5") if k in found}
     result = results.record(

@@ -22,11 +22,13 @@ since its score would otherwise read as a verdict on the features (`training_war
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from timm.optim import Lars
 
+from cmim.data.device_decode import decode_device
 from cmim.data.loader import eval_loader, train_loader
 from cmim.data.views import ViewSpec, eval_view
 from cmim.evals.classify import accuracy
@@ -62,9 +64,10 @@ class LinearProbe:
     """
 
     def __init__(self, extractor: FeatureExtractor | None, num_classes: int, opts: ProbeOptions, device: torch.device,
-                 image_size: int, eval_crop_pct: float, num_workers: int = 0, log=print) -> None:
+                 image_size: int, eval_crop_pct: float, num_workers: int = 0, decode: str = "auto", log=print) -> None:
         self.extractor, self.num_classes, self.opts, self.device, self.log = extractor, num_classes, opts, device, log
         self.image_size, self.eval_crop_pct, self.num_workers = image_size, eval_crop_pct, num_workers
+        self.decode = decode  # launch.decode: how the augmented epochs' crops are made (cmim.data.decode)
 
     def _val_features(self, manifest) -> tuple[torch.Tensor, torch.Tensor]:
         batches = eval_loader(manifest, eval_view(self.image_size, self.eval_crop_pct), batch_size=256,
@@ -128,13 +131,19 @@ class LinearProbe:
         head.train()
         return accuracy(logits, y)
 
+    @functools.cached_property
+    def _decode_on(self) -> torch.device | None:
+        """The device launch.decode: cuda decodes the views on (None: the loader workers), found once."""
+        return decode_device(self.decode, self.device, self.log)
+
     def _augmented_epoch(self, manifest, batch: int, steps: int, epoch: int):
         """The paper's protocol: fresh RandomResizedCrop (0.08-1, bicubic) + flip views each epoch."""
         from cmim.data.augment import random_hflip
 
         view = ViewSpec(num_views=1, crop_size=self.image_size, scale=(0.08, 1.0))
         loader = train_loader(manifest, view, batch_size=batch, num_batches=steps, epoch=epoch,
-                              seed=self.opts.seed, num_workers=self.num_workers)
+                              seed=self.opts.seed, num_workers=self.num_workers,
+                              decode="pil" if self.decode == "pil" else "auto", decode_device=self._decode_on)
         for b in loader:
             images = random_hflip(b["images"][:, 0].float(), 0.5).to(torch.uint8)
             with torch.no_grad():

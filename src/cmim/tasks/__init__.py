@@ -26,7 +26,7 @@ def build_task(job: dict) -> TrainTask:
         from cmim.tasks.pretrain import PretrainTask
 
         return PretrainTask(yaml.safe_load(Path(job["run_config"]).read_text()), job["manifest"],
-                            monitor=job.get("monitor"))
+                            monitor=job.get("monitor"), decode=job.get("decode", "auto"))
     if kind == "finetune":
         from cmim.tasks.finetune import FinetuneTask
 

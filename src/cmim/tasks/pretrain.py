@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from cmim import io
+from cmim.data.device_decode import decode_device
 from cmim.data.loader import train_loader
 from cmim.data.manifest import read_manifest
 from cmim.options.loop import LoopOptions
@@ -24,7 +25,7 @@ from cmim.train.task import Context, TrainTask
 class PretrainTask(TrainTask):
     name = "pretrain"
 
-    def __init__(self, run: dict, manifest: str | Path, monitor: dict | None = None) -> None:
+    def __init__(self, run: dict, manifest: str | Path, monitor: dict | None = None, decode: str = "auto") -> None:
         from cmim.methods import build_method
         from cmim.tasks.monitor import KnnMonitor, MonitorJob
 
@@ -37,6 +38,8 @@ class PretrainTask(TrainTask):
         self.model = build_method(run)
         job = MonitorJob.from_block(monitor)
         self.monitor = KnnMonitor(run, self.manifest_path, job) if job else None
+        self.decode = decode                 # launch.decode: auto | pil | cuda (how the views are made)
+        self._decode_on: tuple | None = None  # (device or None), resolved at the first epoch
 
     def identity(self) -> dict:
         return self.run  # the resolved run: everything that decides the weights
@@ -58,9 +61,12 @@ class PretrainTask(TrainTask):
         return self.manifest["num_samples"]
 
     def train_batches(self, ctx: Context, epoch: int, micro_batch: int, num_batches: int):
+        if self._decode_on is None:  # once per job: a cuda request without a GPU decoder says so once
+            self._decode_on = (decode_device(self.decode, ctx.env.device, ctx.log),)
         return train_loader(self.manifest_path, self.model.view_spec(), batch_size=micro_batch,
                             num_batches=num_batches, epoch=epoch, seed=self.options.seed,
-                            num_workers=ctx.num_workers)
+                            num_workers=ctx.num_workers, decode="pil" if self.decode == "pil" else "auto",
+                            decode_device=self._decode_on[0])
 
     def analytic_flops_per_image(self, global_batch: int, fused_attention: bool = True) -> float | None:
         from cmim.train.flops import method_flops
