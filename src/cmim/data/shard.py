@@ -35,9 +35,9 @@ from cmim.data.shard_writer import ShardWriter
 from cmim.data.sources import open_reader
 from cmim.errors import ShardingError
 
-# Below this many records one process shards faster than a pool: a forkserver pool takes ~0.15 s to its
-# first result, and ImageNet-sized JPEGs shard at ~1,000/s per core with ~80% of that in the workers'
-# part, so 2 free cores pay from ~480 records and 4-8 from ~300 (benchmarks/README.md, sharding).
+# Below this many records one process shards faster than a pool: a forkserver pool takes ~0.1 s to its
+# first result. Measured on 2 free cores with ImageNet-sized JPEGs (benchmarks/sharding.py): 2 workers
+# ran 0.85x one at 250 records, 1.06x at 500, 1.53x at 3,000 (break-even ~330; more cores pay sooner).
 POOL_MIN_RECORDS = 500
 MANIFEST = "manifest.json"
 BAD_FILES = "bad_files.json"              # written next to the manifest when a split fails on bad files
