@@ -50,6 +50,7 @@ def test_pretrain_resources_follow_the_launch_block():
     assert W.pretrain_resources(cfg) == {"runtime": 4320, "cpus_per_task": 24, "gpu": 4, "mem_mb": 65536,
                                          "slurm_partition": "gpu"}
     assert W.pretrain_threads(cfg) == 24
+    assert W.frozen_eval_threads(cfg) == 6    # one process: its threads and loader workers
     assert not W.pretrain_is_local_rule(cfg)
     assert W.pretrain_is_local_rule(validate(tiny_config(launcher="slurm")))
 

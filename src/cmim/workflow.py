@@ -144,6 +144,13 @@ def pretrain_threads(cfg: dict) -> int:
     return launch["cpus_per_task"] * (launch["tasks_per_node"] or max(1, launch["gpus_per_node"]))
 
 
+def frozen_eval_threads(cfg: dict) -> int:
+    """Cores a frozen evaluation (features, linear probe) occupies: one process of `cpus_per_task`
+    threads and loader workers together (cli._cpu_job, launch.default_num_workers). Asking Snakemake for
+    more only keeps the other cores idle: the demo's 22 such jobs once ran one at a time on 2 cores."""
+    return cfg["launch"]["cpus_per_task"]
+
+
 def pretrain_resources(cfg: dict) -> dict:
     """Resources for Snakemake's SLURM executor (profiles/slurm), from the launch block.
 

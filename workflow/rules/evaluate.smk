@@ -20,7 +20,7 @@ rule features:
     params:
         data=lambda w: W.data_json(CFG, w.dataset),
         options=W.features_options(CFG),
-    threads: 2
+    threads: W.frozen_eval_threads(CFG)
     log:
         str(P.log("features", "{run}-{dataset}-{ckpt}")),
     conda:
@@ -41,7 +41,7 @@ rule linear_probe:
         data=lambda w: W.data_json(CFG, W.eval_dataset(CFG, "linear_probe", w.run)),
         inputs=lambda w, input: W.probe_args(input),
         task="linear_probe",
-    threads: 2
+    threads: W.frozen_eval_threads(CFG)
     log:
         str(P.log("linear_probe", "{run}")),
     conda:
