@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import io
 import os
-import platform
 import shutil
 import statistics
 import tarfile
@@ -50,6 +50,7 @@ from PIL import Image
 from torchvision import datasets, transforms
 
 from cmim import io as io_
+from cmim.bench.run import device_name
 from cmim.data import decode as D
 from cmim.data.loader import train_loader
 from cmim.data.photos import IMAGENET_SIZES, image_folder
@@ -60,16 +61,6 @@ H100_MAE_IMG_S = 4484          # MAE ViT-B/16 pretraining on one H100 (the issue
 BATCH = 64
 MAE_VIEW = ViewSpec(num_views=1, crop_size=224, scale=(0.2, 1.0), interpolation="bicubic")
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # ----------------------------------------------------------------------------- data
@@ -203,24 +194,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[loader bench] {args.images} JPEGs generated and sharded in {time.perf_counter() - started:.0f}s "
               f"({data['raw_bytes_mean'] / 1e3:.0f} kB mean); timing {args.batches} x {BATCH} images per setting, "
               f"{args.repeats} repeats", flush=True)
-        settings = {
-            ("raw", "torchvision ImageFolder + MAE transforms"): lambda s: torchvision_mae(work / "src" / "train",
-                                                                                          args.batches, s),
-            ("raw", "cmim decode=pil (before)"): lambda s: cmim_loader(work / "raw/manifest.json", args.batches, s,
-                                                                       "pil"),
-            ("raw", "cmim decode=auto (after)"): lambda s: cmim_loader(work / "raw/manifest.json", args.batches, s,
-                                                                       "auto"),
-            ("raw", "cmim decode=cuda: workers' share"): lambda s: cmim_worker_share(work / "raw/manifest.json",
-                                                                                     args.batches, s),
-            ("256", "torchvision ImageFolder + MAE transforms"): lambda s: torchvision_mae(work / "src256" / "train",
-                                                                                          args.batches, s),
-            ("256", "cmim decode=pil (before)"): lambda s: cmim_loader(work / "r256/manifest.json", args.batches, s,
-                                                                       "pil"),
-            ("256", "cmim decode=auto (after)"): lambda s: cmim_loader(work / "r256/manifest.json", args.batches, s,
-                                                                       "auto"),
-            ("256", "cmim decode=cuda: workers' share"): lambda s: cmim_worker_share(work / "r256/manifest.json",
-                                                                                     args.batches, s),
-        }
+        settings = {}
+        for images, folder, shards in (("raw", "src", "raw"), ("256", "src256", "r256")):
+            manifest = work / shards / "manifest.json"
+            settings[(images, "torchvision ImageFolder + MAE transforms")] = functools.partial(
+                torchvision_mae, work / folder / "train", args.batches)
+            settings[(images, "cmim decode=pil (before)")] = functools.partial(cmim_loader, manifest, args.batches,
+                                                                              decode="pil")
+            settings[(images, "cmim decode=auto (after)")] = functools.partial(cmim_loader, manifest, args.batches,
+                                                                               decode="auto")
+            settings[(images, "cmim decode=cuda: workers' share")] = functools.partial(cmim_worker_share, manifest,
+                                                                                       args.batches)
         runs: dict[tuple, list[tuple]] = {k: [] for k in settings}
         for r in range(args.repeats):
             for key, fn in settings.items():
@@ -245,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nper-image stages on the raw JPEGs (ms, one core):")
     for name, ms in stages.items():
         print(f"  {name:58} {ms:.3f}")
-    meta = {"date": datetime.date.today().isoformat(), "cpu": cpu_model(),
+    meta = {"date": datetime.date.today().isoformat(), "cpu": device_name(torch.device("cpu")),
             "cores_visible": len(os.sched_getaffinity(0)),
             "torch": torch.__version__, "torchvision": torchvision.__version__, "pillow": PIL.__version__,
             "opencv": cv2.__version__, "images": args.images, "batch": BATCH, "timed_batches": args.batches,

@@ -38,7 +38,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from cmim import io as io_
+from cmim.bench.run import device_name
 from cmim.data.photos import IMAGENET_SIZES, image_folder
 
 _SHARD = """
@@ -164,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"build_sample share of a record's time p = {p:.2f}; on k free cores (model) img/s "
           + ", ".join(f"k={k}: {v:.0f}" for k, v in model.items())
           + "; break-even records " + ", ".join(f"k={k}: {v}" for k, v in break_even.items()))
-    meta = {"date": datetime.date.today().isoformat(), "cpu": _cpu(), "cores_visible": len(os.sched_getaffinity(0)),
+    meta = {"date": datetime.date.today().isoformat(), "cpu": device_name(torch.device("cpu")),
+            "cores_visible": len(os.sched_getaffinity(0)),
             "load_average_1min_at_end": round(os.getloadavg()[0], 2), "sizes_cycled": IMAGENET_SIZES,
             "repeats": args.repeats, "timing": "wall clock inside a fresh process around shard_split; median"}
     out = Path(args.out) / f"{meta['date']}-cpu-sharding.json"
@@ -176,13 +180,6 @@ def main(argv: list[str] | None = None) -> int:
                          "model_break_even_records": {str(k): v for k, v in break_even.items()}})
     print(f"wrote {out}")
     return 0
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -31,7 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from cmim import io as io_
+from cmim.bench.run import device_name
 from cmim.data import manifest as M
 from cmim.data.images import Sample
 from cmim.data.photos import IMAGENET_SIZES, photo_jpeg
@@ -147,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                     ("and the one after", again)):
         rows.append({"job": name, **r})
         print(f"{name:46} {r['wall_s']:8.4f} {r['cpu_s']:7.4f}  {(r['error'] or r['log'])[:150]}")
-    meta = {"date": datetime.date.today().isoformat(), "cpu": _cpu(), "cores_visible": len(os.sched_getaffinity(0)),
+    meta = {"date": datetime.date.today().isoformat(), "cpu": device_name(torch.device("cpu")),
+            "cores_visible": len(os.sched_getaffinity(0)),
             "split_bytes": size, "shards": len(manifest["shards"]), "samples": manifest["num_samples"],
             "distinct_jpegs": args.distinct, "hash_threads": min(8, len(os.sched_getaffinity(0))),
             "timing": "wall and process CPU time of cmim.launch.verify_manifests (recheck=True for before); median"}
@@ -155,13 +159,6 @@ def main(argv: list[str] | None = None) -> int:
     io_.write_json(out, {"meta": meta, "rows": rows})
     print(f"wrote {out}")
     return 0
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import yaml
 
 from cmim.bench.sizes import PRETRAIN, STEPS, bench_run, size
 from cmim.cli import main
-from cmim.train.precision import auto_dtype
+from cmim.train.precision import autocast_dtype
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +24,7 @@ def test_bench_tiny_end_to_end(tmp_path, capsys):
                  "--out", str(out)]) == 0
     blob = json.loads(out.read_text())
     meta, rows = blob["meta"], blob["rows"]
-    expected_precision = "bf16" if auto_dtype(torch.device("cpu")) == torch.bfloat16 else "fp32"
+    expected_precision = "bf16" if autocast_dtype("auto", torch.device("cpu")) == torch.bfloat16 else "fp32"
     assert meta["size"] == "tiny" and meta["device_type"] == "cpu" and meta["torch"] == torch.__version__
     assert meta["fused_attn"] is True                      # timm's default: SDPA attention in every block
     assert {"fp32", "bf16"} <= set(blob["ceilings"]) and blob["ceilings"]["fp32"]["tflop_per_s"] > 0

@@ -4,7 +4,6 @@ attention maps drawn from real checkpoints and val shards."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,16 +21,6 @@ from cmim.train.checkpoint import export_encoder
 from report_fixtures import cached_schema  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("cached_schema")
-
-
-@pytest.fixture
-def workdir(tmp_path):
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        yield tmp_path
-    finally:
-        os.chdir(cwd)
 
 
 def _config(**figures):

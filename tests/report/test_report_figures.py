@@ -3,7 +3,6 @@ the compute / provenance table lists every job, the shards' sha256 and the packa
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -15,16 +14,6 @@ from cmim.report import paper_figures, provenance, targets
 from report_fixtures import cached_schema  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("cached_schema")
-
-
-@pytest.fixture
-def workdir(tmp_path):
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        yield tmp_path
-    finally:
-        os.chdir(cwd)
 
 
 def _not_blank(png: Path) -> bool:

@@ -7,7 +7,6 @@ difference to the paper's number and "reproduced" / "off by"; a small-scale one 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -23,14 +22,9 @@ pytestmark = pytest.mark.usefixtures("cached_schema")
 
 
 @pytest.fixture
-def study(tmp_path):
-    cwd = os.getcwd()
-    os.chdir(tmp_path)   # result paths are relative to the workflow directory
-    try:
-        F.write_study(tmp_path)
-        yield F.study_config()
-    finally:
-        os.chdir(cwd)
+def study(workdir):
+    F.write_study(workdir)
+    return F.study_config()
 
 
 def render(cfg, tid):

@@ -161,8 +161,6 @@ def _decode_jpegs(datas: list[torch.Tensor], device: torch.device) -> list[torch
 
 @functools.cache
 def _probe_jpeg() -> torch.Tensor:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.new("RGB", (16, 16), (90, 120, 200)).save(buf, format="JPEG")
     return torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)

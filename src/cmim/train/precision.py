@@ -88,11 +88,6 @@ def choose(precision: str, device: torch.device) -> tuple[torch.dtype | None, st
                             "from the demo's width-128 ViT to ViT-B/16)")
 
 
-def auto_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of `precision: auto` (None = fp32, no autocast)."""
-    return choose("auto", device)[0]
-
-
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of a `precision` key (None = fp32): auto = bf16 on GPUs and on CPUs with
     native bf16 (AVX512_BF16 / AMX), fp32 elsewhere."""
